@@ -1,0 +1,3 @@
+"""The pure conntrack engine: bytes and a timestamp in, verdicts and events out."""
+
+from __future__ import annotations

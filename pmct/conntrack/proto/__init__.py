@@ -1,0 +1,3 @@
+"""Per-protocol trackers, one module each (as the kernel's nf_conntrack_proto_*.c)."""
+
+from __future__ import annotations
