@@ -56,8 +56,15 @@ IPPROTO_UDPLITE: Final = 136
 
 # Protocols whose tuple carries two 16-bit fields after the addresses.
 PORTED_PROTOS: Final = frozenset(
-    {IPPROTO_UDP, IPPROTO_UDPLITE, IPPROTO_SCTP, IPPROTO_DCCP, IPPROTO_ICMP, IPPROTO_ICMPV6,
-     IPPROTO_GRE}
+    {
+        IPPROTO_UDP,
+        IPPROTO_UDPLITE,
+        IPPROTO_SCTP,
+        IPPROTO_DCCP,
+        IPPROTO_ICMP,
+        IPPROTO_ICMPV6,
+        IPPROTO_GRE,
+    }
 )
 
 _PORTS: Final = struct.Struct("!HH")
@@ -104,14 +111,21 @@ def decode_key(key: bytes) -> Tuple:
     if n == 12 or n == 36:
         alen = (n - 4) // 2
         sport, dport = _PORTS.unpack_from(key, 2 * alen)
-        return Tuple(4 if alen == 4 else 6, IPPROTO_TCP, key[:alen], key[alen : 2 * alen],
-                     sport, dport)
+        return Tuple(
+            4 if alen == 4 else 6, IPPROTO_TCP, key[:alen], key[alen : 2 * alen], sport, dport
+        )
     proto = key[0]
     if n == 13 or n == 37:
         alen = (n - 5) // 2
         sport, dport = _PORTS.unpack_from(key, 1 + 2 * alen)
-        return Tuple(4 if alen == 4 else 6, proto, key[1 : 1 + alen], key[1 + alen : 1 + 2 * alen],
-                     sport, dport)
+        return Tuple(
+            4 if alen == 4 else 6,
+            proto,
+            key[1 : 1 + alen],
+            key[1 + alen : 1 + 2 * alen],
+            sport,
+            dport,
+        )
     if n == 9 or n == 33:
         alen = (n - 1) // 2
         return Tuple(4 if alen == 4 else 6, proto, key[1 : 1 + alen], key[1 + alen :])

@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Final
 
-
 __all__ = [
     "DEFAULT_TCP_TIMEOUTS",
     "Settings",

@@ -21,8 +21,9 @@ class FragInfo:
 
     __slots__ = ("ident", "offset", "more", "payload_off", "next_header")
 
-    def __init__(self, ident: int, offset: int, more: bool, payload_off: int,
-                 next_header: int) -> None:
+    def __init__(
+        self, ident: int, offset: int, more: bool, payload_off: int, next_header: int
+    ) -> None:
         self.ident = ident  # IPv4 id (16 bit) or IPv6 fragment identification (32 bit)
         self.offset = offset  # byte offset of this fragment's payload in the whole datagram
         self.more = more  # MF flag
