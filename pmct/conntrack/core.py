@@ -472,13 +472,12 @@ class Engine:
         if (
             inner is None
             or inner.drop is not None
-            or inner.frag is not None
-            and inner.frag.offset != 0
+            or (inner.frag is not None and inner.frag.offset != 0)
         ):
             return self._invalid("icmp error: quoted datagram unusable")
         iproto = inner.proto
         avail = len(inner.data) - inner.l4off
-        if iproto == IPPROTO_ICMP or iproto == IPPROTO_ICMPV6:
+        if iproto in (IPPROTO_ICMP, IPPROTO_ICMPV6):
             if avail < 8:
                 return self._invalid("icmp error: quoted header truncated")
             inverse = icmp.ICMP_INVERSE if iproto == IPPROTO_ICMP else icmp.ICMPV6_INVERSE

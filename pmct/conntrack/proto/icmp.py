@@ -21,14 +21,14 @@ from pmct.conntrack.conn import Conn
 from pmct.conntrack.settings import Settings
 
 __all__ = [
-    "ICMP_ERROR_TYPES",
-    "ICMP_INVERSE",
-    "ICMP_VALID_NEW",
     "ICMPV6_ERROR_MAX",
     "ICMPV6_INVERSE",
     "ICMPV6_REDIRECT",
     "ICMPV6_UNTRACKED_TYPES",
     "ICMPV6_VALID_NEW",
+    "ICMP_ERROR_TYPES",
+    "ICMP_INVERSE",
+    "ICMP_VALID_NEW",
     "NR_ICMP_TYPES",
     "packet",
     "packet_v6",
