@@ -6,8 +6,8 @@ Rules:
    included), so:
    - the tuples are not stored as objects: ``key``/``rkey`` are the two dict keys themselves
      (see keys.py) and ``orig``/``reply`` decode them on demand;
-   - TCP's ten 32-bit window numbers live in one ``array('I')`` (``tw``, ~104 bytes) instead of
-     ten int objects (~320 bytes); the small numbers (state, scale, flags) are cached small
+   - TCP's twelve 32-bit window numbers live in one ``array('I')`` (``tw``, ~128 bytes) instead of
+     twelve int objects (~380 bytes); the small numbers (state, scale, flags) are cached small
      ints and cost nothing beyond their slot.
 3. Protocol-private fields are slots on the Conn (the kernel's ``ct->proto`` union); a tracker
    touches only its own.
@@ -34,6 +34,8 @@ TW_FIELDS = (
     "last_ack",
     "last_end",
     "last_win",
+    "td_maxack0",  # appended for the TCP tracker's RST check (kernel seen[dir].td_maxack)
+    "td_maxack1",
 )
 _TW_ZERO = array("I", bytes(4 * len(TW_FIELDS)))
 
