@@ -155,8 +155,8 @@ _EARLY_DROP: Final[tuple[bool, ...]] = tuple(
 
 _STATE_NAMES: Final = tuple(TcpState(i).name for i in range(_SYN_SENT2 + 1))
 
-# kernel: "packet (index %d) in dir %d invalid; state %s" (as Linux 6.18 logs it); a finite set, built once so the
-# reason strings are stable objects (they are counter keys).
+# kernel: "packet (index %d) in dir %d invalid; state %s" (as Linux 6.18 logs it). A finite
+# set, built once, so the reason strings are stable objects (they are counter keys).
 _INVALID_TRANSITION: Final[tuple[tuple[tuple[str, ...], ...], ...]] = tuple(
     tuple(
         tuple(f"packet (index {i}) in dir {d} invalid; state {name}" for name in _STATE_NAMES)
