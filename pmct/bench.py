@@ -34,11 +34,11 @@ class EngineRun:
 
 def load_ip_packets(path: Path) -> list[tuple[float, bytes]]:
     """(timestamp, IP datagram) for every IP frame of a capture."""
-    from pmct.replay import read_frames  # pcap I/O lives in replay
+    from pmct.replay import iter_frames  # pcap I/O lives in replay
     from pmct.wire.link import ip_from_frame
 
     out = []
-    for _idx, ts, linktype, frame in read_frames(path):
+    for _idx, ts, linktype, frame in iter_frames(path):
         data = ip_from_frame(frame, linktype)
         if data is not None:
             out.append((ts, data))

@@ -27,7 +27,7 @@ def _a6(addr: str) -> bytes:
 
 def ip4(src: str, dst: str, proto: int, payload: bytes, *, ttl: int = 64, ident: int = 1,
         frag: int = 0) -> bytes:
-    ip = dpkt.ip.IP(src=_a4(src), dst=_a4(dst), p=proto, ttl=ttl, id=ident, off=frag)
+    ip = dpkt.ip.IP(src=_a4(src), dst=_a4(dst), p=proto, ttl=ttl, id=ident, _flags_offset=frag)
     ip.data = payload
     ip.len = 20 + len(payload)
     return bytes(ip)

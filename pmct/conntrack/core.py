@@ -44,6 +44,8 @@ from pmct.conntrack.keys import (
 )
 from pmct.conntrack.proto import generic, icmp, sctp, tcp, udp
 from pmct.conntrack.proto.base import IGNORE, KILL, REPEAT
+from pmct.conntrack.proto.tcp import error as _tcp_error
+from pmct.conntrack.proto.tcp import packet as _tcp_packet
 from pmct.conntrack.settings import Settings
 from pmct.conntrack.table import ConnTable
 from pmct.wire import parse_ip
@@ -122,6 +124,7 @@ class Engine:
         self._next_id = 1
         self._gc_due = 0.0
         self._get = self.table.index.get
+        self._checksum = self.settings.checksum
 
     # ------------------------------------------------------------------ entry points
 
@@ -145,19 +148,53 @@ class Engine:
             tot, frag, proto = _V4_FAST.unpack_from(data)
             if proto == 6 and not frag & 0x3FFF and 40 <= tot <= len(data):
                 seq, ack, off_flags, win = _TCP_FAST.unpack_from(data, 20)
-                v = self._tcp(
-                    data[12:24],
-                    4,
-                    data,
-                    20,
-                    tot - 20,
-                    seq,
-                    ack,
-                    off_flags & 0xFF,
-                    win,
-                    (off_flags >> 12) << 2,
-                    now,
-                )
+                flags = off_flags & 0xFF
+                doff = (off_flags >> 12) << 2
+                key = data[12:24]
+                conn = self._get(key)
+                # The hot case, inlined: a live entry and an accepted packet. Anything else
+                # (new entry, INVALID, IGNORE, KILL, REPEAT, events on) takes _tcp/_finish.
+                if (
+                    conn is not None
+                    and conn.expires > now
+                    and self.events is None
+                    and _tcp_error(data, 20, tot - 20, flags, doff, self._checksum) is None
+                ):
+                    d = 0 if key == conn.key else 1
+                    r = _tcp_packet(
+                        conn,
+                        d,
+                        data,
+                        20,
+                        tot - 20,
+                        seq,
+                        ack,
+                        flags,
+                        win,
+                        doff,
+                        now,
+                        self.settings,
+                    )
+                    if r is None:
+                        status = conn.status
+                        if d:
+                            if not status & _SEEN_REPLY:
+                                conn.status = status | _SEEN_REPLY
+                            v = (ESTABLISHED, 1, conn)
+                        elif status & _SEEN_REPLY:
+                            v = (ESTABLISHED, 0, conn)
+                        elif status & _EXPECTED:
+                            v = (RELATED, 0, conn)
+                        else:
+                            v = (NEW, 0, conn)
+                    elif r is REPEAT:
+                        self.stats["repeat"] += 1
+                        self.table.delete(conn, "reopened")
+                        v = self._tcp(key, 4, data, 20, tot - 20, seq, ack, flags, win, doff, now)
+                    else:
+                        v = self._finish(conn, d, r, False, -1, -1)
+                else:
+                    v = self._tcp(key, 4, data, 20, tot - 20, seq, ack, flags, win, doff, now)
                 self.verdicts[v[0]] += 1
                 return v
         v = self._slow(data, now)

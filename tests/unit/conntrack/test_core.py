@@ -206,3 +206,50 @@ def test_tcp_on_ipv6_and_v4_do_not_collide() -> None:
     eng.process_ip(udp4(1, 2), 0.0)
     eng.process_ip(udp6(1, 2, src=A6, dst=B6), 0.0)
     assert len(eng.table) == 3
+
+
+class _SlowPathEngine(Engine):
+    """The same engine with the IPv4/TCP fast path switched off."""
+
+    def process_ip(self, data: bytes, now: float):  # type: ignore[no-untyped-def]
+        if now >= self._gc_due:
+            self.expire(now)
+        self.last_reason = None
+        return self._slow(data, now)
+
+
+def _traces() -> list:
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3].parent / "shared" / "traces"
+    return sorted(p for p in root.glob("*.pcap*"))
+
+
+def test_fast_path_equals_slow_path_on_every_trace() -> None:
+    from pmct.bench import load_ip_packets
+
+    traces = _traces()
+    assert traces, "shared/traces not found next to the repository"
+    for path in traces:
+        fast, slow = Engine(), _SlowPathEngine()
+        for i, (ts, data) in enumerate(load_ip_packets(path)):
+            vf = fast.process_ip(data, ts)
+            vs = slow.process_ip(data, ts)
+            got = (vf[0], vf[1], vf[2] and vf[2].state, vf[2] and vf[2].expires)
+            want = (vs[0], vs[1], vs[2] and vs[2].state, vs[2] and vs[2].expires)
+            assert got == want, f"{path.name} packet {i}: fast {got} != slow {want}"
+        assert len(fast.table) == len(slow.table)
+
+
+def test_time_wait_reopen_through_the_fast_path() -> None:
+    eng = Engine()
+    eng.process_ip(tcp4(40000, 80, SYN, 1000), 0.0)
+    eng.process_ip(tcp4(80, 40000, SYN | ACK, 5000, 1001, src=B4, dst=A4), 0.0)
+    eng.process_ip(tcp4(40000, 80, ACK, 1001, 5001), 0.0)
+    eng.process_ip(tcp4(40000, 80, ACK | 0x01, 1001, 5001), 0.1)  # FIN
+    eng.process_ip(tcp4(80, 40000, ACK | 0x01, 5001, 1002, src=B4, dst=A4), 0.2)  # FIN
+    _, _, c = eng.process_ip(tcp4(40000, 80, ACK, 1002, 5002), 0.3)
+    assert c is not None and c.state == 7  # TIME_WAIT
+    st, d, c2 = eng.process_ip(tcp4(40000, 80, SYN, 90000), 1.0)
+    assert (st, d) == (NEW, 0) and c2 is not c and c2 is not None and c2.state == 1
+    assert eng.stats["repeat"] == 1 and len(eng.table) == 1
