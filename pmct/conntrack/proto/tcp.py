@@ -91,6 +91,7 @@ _FIN: Final = 0x01
 _SYN: Final = 0x02
 _RST: Final = 0x04
 _ACK: Final = 0x10
+_ACK_RST: Final = _ACK | _RST
 
 # States as plain ints (no enum lookups on the hot path).
 _NONE: Final = int(TcpState.NONE)
@@ -691,7 +692,7 @@ def packet(
             sb = 0
             rb = 3
             rflags = conn.tflags1
-        end = (seq + l4len - doff + _SYN_FIN_LEN[flags & 3]) & MASK32
+        end = (seq + l4len - doff + _SYN_FIN_LEN[flags & 3]) & MASK32  # segment_seq_plus_len()
         sack = ack
         if (
             rflags & _SACK_PERM
@@ -715,7 +716,7 @@ def packet(
             s_maxend = tw[sb + 1]
             r_end = tw[rb]
             r_maxwin = tw[rb + 2]
-            if flags & (_ACK | _RST) != _ACK:  # (one test for the common case: ACK, no RST)
+            if flags & _ACK_RST != _ACK:  # (one test for the common case: ACK, no RST)
                 if not flags & _ACK:
                     ack = sack = r_end  # no ACK: pretend it acked everything sent
                 elif ack == 0:
