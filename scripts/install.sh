@@ -13,7 +13,7 @@
 #      install of this checkout. The venv lives inside the checkout because an editable install
 #      belongs to one checkout: two clones (a developer's tree, CI's fresh clone) each get their
 #      own and never repoint each other's pmct. Nothing else on the machine's Pythons changes.
-#   3. /usr/local/bin/pmct -> <venv>/bin/pmct.
+#   3. /usr/local/bin/pmct -> <venv>/bin/pmct (under CI=true only if there is no working link).
 #   4. Checks that the compiled netfilterqueue extension and the other dependencies import.
 set -euo pipefail
 
@@ -79,7 +79,13 @@ echo "install.sh: pip install -e $repo$extras"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$repo$extras"
 
 # --- 3. pmct on PATH ---------------------------------------------------------------------------
-ln -sfn "$venv/bin/pmct" /usr/local/bin/pmct
+# Under CI (CI=true, a throw-away clone) a working link to another checkout is left alone, so a
+# CI run does not repoint the machine's pmct at a folder that is deleted afterwards.
+if [[ ${CI:-} == true && -x /usr/local/bin/pmct && $(readlink -f /usr/local/bin/pmct) != "$venv"/* ]]; then
+    echo "install.sh: CI: leaving /usr/local/bin/pmct -> $(readlink /usr/local/bin/pmct)"
+else
+    ln -sfn "$venv/bin/pmct" /usr/local/bin/pmct
+fi
 
 # --- 4. check ----------------------------------------------------------------------------------
 "$venv/bin/python" - <<'EOF'
