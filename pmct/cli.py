@@ -58,11 +58,15 @@ def replay(
     ),
 ) -> None:
     """Replay a capture through pmct's engine and print the verdict of every IP packet."""
-    from pmct.replay import format_table, format_tsv, replay_capture
+    from pmct.replay import CaptureError, format_table, format_tsv, replay_capture
 
     if not trace.is_file():
         _fail(f"no such file: {trace}")
-    rep = replay_capture(trace, ftp_helper=ftp_helper, clock=clock.value)
+    try:
+        rep = replay_capture(trace, ftp_helper=ftp_helper, clock=clock.value)
+    except CaptureError as e:
+        _fail(str(e))
+        return
     fmt = format_table if format is Format.table else format_tsv
     for line in fmt(rep, dump=dump):
         typer.echo(line)
@@ -81,6 +85,7 @@ def fidelity(
 ) -> None:
     """Compare pmct with the real kernel (kernel_oracle.py) packet by packet; write a report."""
     from pmct.fidelity import run_fidelity
+    from pmct.replay import CaptureError
 
     try:
         results = run_fidelity(
@@ -91,9 +96,15 @@ def fidelity(
             clock=clock.value,
             max_listed=max_listed,
         )
-    except RuntimeError as e:
+    except (RuntimeError, CaptureError) as e:
         _fail(str(e))
         return
     total = sum(r.packets for r in results)
     agree = sum(r.agree for r in results)
     typer.echo(f"{agree}/{total} packets agree ({100.0 * agree / max(total, 1):.2f} %); {out}")
+
+
+# The node's commands (run, status, conntrack, promote, demote, lab) live in pmct.node.cli.
+from pmct.node.cli import register as _register_node  # noqa: E402
+
+_register_node(app)

@@ -61,6 +61,7 @@ __all__ = [
     "CLOCKS",
     "COLUMNS",
     "PACED_RATE",
+    "CaptureError",
     "Frame",
     "Replay",
     "Row",
@@ -118,6 +119,10 @@ _PORTED: Final = frozenset({IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, IPPROTO_S
 # ---------------------------------------------------------------------------------- reading
 
 
+class CaptureError(Exception):
+    """The file is not a capture pmct can read (a local mistake, not bad traffic)."""
+
+
 class Frame(NamedTuple):
     """One captured frame: position in the file, capture time, link type, bytes."""
 
@@ -141,17 +146,31 @@ def iter_frames(path: str | Path) -> Iterator[Frame]:
     """Every frame of a pcap or pcapng file (gzipped or not), in file order.
 
     pcapng: dpkt reads the link type and timestamp resolution of the first interface only;
-    a file whose interfaces differ in link type is read as if all were the first.
+    a file whose interfaces differ in link type is read as if all were the first. A record cut
+    off at the end of the file (a capture that was still being written) ends the iteration.
+
+    Raises:
+        CaptureError: the file has no pcap/pcapng header.
     """
     with open_capture(path) as f:
-        magic = f.read(4)
-        f.seek(0)
-        if magic == _PCAPNG_MAGIC:
-            reader: dpkt.pcapng.Reader | dpkt.pcap.Reader = dpkt.pcapng.Reader(f)
-        else:
-            reader = dpkt.pcap.Reader(f)
+        reader: dpkt.pcapng.Reader | dpkt.pcap.Reader
+        try:
+            magic = f.read(4)
+            f.seek(0)
+            reader = dpkt.pcapng.Reader(f) if magic == _PCAPNG_MAGIC else dpkt.pcap.Reader(f)
+        except (ValueError, dpkt.UnpackError, EOFError, OSError) as e:
+            raise CaptureError(f"{path}: not a pcap or pcapng capture ({e})") from None
         linktype = int(reader.datalink())
-        for idx, (ts, buf) in enumerate(reader):
+        it = enumerate(reader)
+        while True:
+            try:
+                idx, (ts, buf) = next(it)
+            except StopIteration:
+                return
+            except (EOFError, dpkt.NeedData):  # cut off mid-record (or mid-gzip-stream)
+                return
+            except (OSError, ValueError, dpkt.UnpackError) as e:
+                raise CaptureError(f"{path}: unreadable after {idx + 1} frames ({e})") from None
             yield Frame(idx, float(ts), linktype, buf)
 
 

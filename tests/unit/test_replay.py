@@ -22,6 +22,7 @@ from pmct.conntrack.keys import make_key
 from pmct.fidelity import parse_oracle_tsv
 from pmct.replay import (
     COLUMNS,
+    CaptureError,
     Frame,
     format_conntrack_line,
     iter_frames,
@@ -85,6 +86,36 @@ def test_pcapng_and_nanosecond_pcap_read_the_same(tmp_path: Path) -> None:
         got = list(iter_frames(other))
         assert [(f.idx, f.linktype, f.data) for f in got] == _frames(FIN)
         assert all(abs(a.ts - b.ts) < 1e-5 for a, b in zip(got, frames, strict=True))
+
+
+def test_a_capture_cut_off_mid_record_ends_cleanly(tmp_path: Path) -> None:
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(FIN.read_bytes()[:6000])
+    gz = tmp_path / "cut.pcap.gz"
+    gz.write_bytes(gzip.compress(FIN.read_bytes())[:-40])
+    full = _frames(FIN)
+    for short in (_frames(cut), _frames(gz)):
+        # whole records as they were; the cut one (if dpkt returns it) is a prefix
+        n = len(short)
+        assert 0 < n <= len(full)
+        assert short[:-1] == full[: n - 1]
+        idx, lt, data = short[-1]
+        assert (idx, lt) == full[n - 1][:2] and full[n - 1][2].startswith(data)
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\xd4\xc3\xb2\xa1\x02", b"not a capture at all, really", b"\x0a\x0d\x0d\x0a\x00"],
+)
+def test_a_file_that_is_no_capture_is_a_capture_error(tmp_path: Path, content: bytes) -> None:
+    bad = tmp_path / "bad.pcap"
+    bad.write_bytes(content)
+    with pytest.raises(CaptureError):
+        list(iter_frames(bad))
+    gz = tmp_path / "bad.pcap.gz"
+    gz.write_bytes(gzip.compress(content)[:12])
+    with pytest.raises(CaptureError):
+        list(iter_frames(gz))
 
 
 def test_non_ip_frames_count_but_get_no_row(tmp_path: Path) -> None:
