@@ -102,3 +102,9 @@ def fidelity(
     total = sum(r.packets for r in results)
     agree = sum(r.agree for r in results)
     typer.echo(f"{agree}/{total} packets agree ({100.0 * agree / max(total, 1):.2f} %); {out}")
+
+
+# The node's commands (run, status, conntrack, promote, demote, lab) live in pmct.node.cli.
+from pmct.node.cli import register as _register_node  # noqa: E402
+
+_register_node(app)

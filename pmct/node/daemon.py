@@ -1,0 +1,616 @@
+"""``pmct run``: the node's event loop around the engine (the NFQUEUE loop shell).
+
+What it does, in order (and undoes, in reverse, on exit or SIGTERM):
+
+1. checks: root, the data interfaces exist, no other daemon on the control socket;
+2. passive start: the layer-2 silence goes on first, so the node never emits a frame while
+   it takes the cluster MAC and addresses;
+3. promiscuous mode, cluster MAC and addresses, per-interface forwarding (netlink.py);
+4. binds the NFQUEUE (nfqueue.py), then installs raw NOTRACK + NFQUEUE and the REJECT helper
+   (netfilter.py) — the queue exists before any packet is sent to it;
+5. control socket, state file, optional metrics port; tells systemd READY=1.
+
+Per packet (the hot path, ``_callback``): the engine classifies (``Engine.process_ip``), then
+an active node asks the policy and applies its verdict, a passive node drops. Everything the
+engine cannot parse (ctstate DROPPED) and every internal error gets the fail mode's verdict
+(open: accept, closed: drop) and is counted; the daemon never dies on input.
+
+Housekeeping (``_service``) runs every SERVICE_INTERVAL seconds of packet time *inside* the
+packet callback as well as from the idle loop, because netfilterqueue's non-blocking
+``run()`` only returns once the queue is empty, which under load may be never: control
+requests, the state file, engine expiry, event fan-out and the systemd watchdog are all
+serviced from there. One thread: the engine is never touched concurrently.
+
+Rules: this module owns the clock (time.monotonic() is the engine's ``now``) and the order
+of operations; decisions live in policy.py, the engine, and forwarding.py.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import select
+import signal
+import socket
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any, Final
+
+from pmct.config import Config
+from pmct.conntrack.constants import CTSTATE_NAMES, CtState, Status
+from pmct.conntrack.core import Engine, EventType
+from pmct.node import metrics
+from pmct.node.control import ControlError, ControlServer
+from pmct.node.forwarding import REQUESTS, Forwarding, Role, StateFile
+from pmct.node.netfilter import QueueRules, Silence
+from pmct.node.netlink import LinkError, Links
+from pmct.node.nfqueue import Queue, read_queue_stats
+from pmct.node.policy import CTSTATE_MARK_BITS, describe
+
+__all__ = ["Daemon", "DaemonError", "entry_to_dict", "run"]
+
+log = logging.getLogger("pmct.daemon")
+
+SERVICE_INTERVAL: Final = 0.05  # seconds between housekeeping rounds
+STATE_POLL: Final = 0.1
+RATE_WINDOW: Final = 5.0  # seconds over which packets/s is computed
+
+_DROPPED: Final = int(CtState.DROPPED)
+_SEEN_REPLY: Final = int(Status.SEEN_REPLY)
+_ASSURED: Final = int(Status.ASSURED)
+_EVENT_NAMES: Final = {
+    int(EventType.NEW): "NEW",
+    int(EventType.UPDATE): "UPDATE",
+    int(EventType.DESTROY): "DESTROY",
+}
+_PROTO_NAMES: Final = {
+    1: "icmp",
+    6: "tcp",
+    17: "udp",
+    33: "dccp",
+    47: "gre",
+    58: "icmpv6",
+    132: "sctp",
+    136: "udplite",
+}
+
+
+class DaemonError(RuntimeError):
+    """The daemon cannot start (the message says why)."""
+
+
+class _Stop(Exception):
+    """Raised from the packet callback to leave netfilterqueue's run() when asked to stop."""
+
+
+def entry_to_dict(conn: Any, now: float) -> dict[str, Any]:
+    """One connection as plain data (``pmct conntrack -L --json``; tests compare tables)."""
+    from pmct.replay import l4state_text
+
+    o, r = conn.orig, conn.reply
+    d: dict[str, Any] = {
+        "proto": _PROTO_NAMES.get(conn.proto, str(conn.proto)),
+        "orig": [o.src_text(), o.dst_text(), o.sport, o.dport],
+        "reply": [r.src_text(), r.dst_text(), r.sport, r.dport],
+        "state": l4state_text(conn) if conn.proto in (6, 132) else "",
+        "status": int(conn.status) & ~int(Status.CONFIRMED),
+        "timeout": max(0, int(conn.expires - now + 1e-6)),
+        "mark": conn.mark,
+    }
+    return d
+
+
+def _state_label(conn: Any) -> str:
+    if conn.proto in (6, 132):
+        from pmct.replay import l4state_text
+
+        return l4state_text(conn)
+    st = conn.status
+    if st & _ASSURED:
+        return "ASSURED"
+    return "REPLIED" if st & _SEEN_REPLY else "UNREPLIED"
+
+
+class _Systemd:
+    """sd_notify(3) without libsystemd: READY=1, STATUS=, WATCHDOG=1."""
+
+    def __init__(self) -> None:
+        addr = os.environ.get("NOTIFY_SOCKET", "")
+        self.sock: socket.socket | None = None
+        if addr:
+            if addr[0] == "@":
+                addr = "\0" + addr[1:]
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            try:
+                self.sock.connect(addr)
+            except OSError as e:
+                log.warning("NOTIFY_SOCKET %s: %s", addr, e)
+                self.sock = None
+        usec = os.environ.get("WATCHDOG_USEC", "")
+        pid = os.environ.get("WATCHDOG_PID", "")
+        self.watchdog = (
+            int(usec) / 2e6 if usec.isdigit() and (not pid or pid == str(os.getpid())) else 0.0
+        )
+        self.next_ping = 0.0
+
+    def notify(self, msg: str) -> None:
+        if self.sock is not None:
+            with contextlib.suppress(OSError):
+                self.sock.send(msg.encode())
+
+    def tick(self, now: float) -> None:
+        if self.watchdog and now >= self.next_ping:
+            self.next_ping = now + self.watchdog
+            self.notify("WATCHDOG=1")
+
+
+class _MetricsHttp:
+    """GET anything -> the Prometheus text; one request per connection, never blocks."""
+
+    def __init__(self, addr: tuple[str, int], render: Callable[[], str]) -> None:
+        fam = socket.AF_INET6 if ":" in addr[0] else socket.AF_INET
+        self.sock = socket.socket(fam, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(addr)
+        self.sock.listen(8)
+        self.sock.setblocking(False)
+        self.render = render
+        self.clients: dict[int, tuple[socket.socket, bytearray, float]] = {}
+
+    def fds(self) -> list[int]:
+        return [self.sock.fileno(), *self.clients]
+
+    def service(self, readable: set[int], now: float) -> None:
+        if self.sock.fileno() in readable:
+            with contextlib.suppress(OSError):
+                s, _ = self.sock.accept()
+                s.setblocking(False)
+                self.clients[s.fileno()] = (s, bytearray(), now)
+        for fd, (s, buf, since) in list(self.clients.items()):
+            if fd in readable:
+                try:
+                    data = s.recv(8192)
+                except OSError:
+                    data = b""
+                buf += data
+                if not data or b"\r\n\r\n" in buf or b"\n\n" in buf:
+                    self._answer(fd, s, bool(data))
+                    continue
+            if now - since > 5.0:
+                self._close(fd)
+
+    def _answer(self, fd: int, s: socket.socket, ok: bool) -> None:
+        if ok:
+            body = self.render().encode()
+            head = (
+                "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n"
+                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+            ).encode()
+            with contextlib.suppress(OSError):
+                s.setblocking(True)
+                s.settimeout(1.0)
+                s.sendall(head + body)
+        self._close(fd)
+
+    def _close(self, fd: int) -> None:
+        entry = self.clients.pop(fd, None)
+        if entry is not None:
+            entry[0].close()
+
+    def close(self) -> None:
+        for fd in list(self.clients):
+            self._close(fd)
+        self.sock.close()
+
+
+class Daemon:
+    """One node. ``run()`` blocks until SIGTERM/SIGINT and returns an exit status."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.engine = Engine(cfg.conntrack, events=True)
+        self.ruleset = cfg.policy.ruleset()
+        self.role = Role.ACTIVE if cfg.node.role == "active" else Role.PASSIVE
+        self.t0 = time.monotonic()
+        self.active = False  # what the packet callback reads; set through _set_verdicts
+        self.actions = [0, 0, 0]  # by Action value: drop, accept, reject
+        self.errors = {"callback": 0, "unparsed": 0}
+        self.packets = 0
+        self.role_changes = 0
+        self.ready = False
+        self._stop_requested = False
+        self._next_service = 0.0
+        self._next_state_poll = 0.0
+        self._next_expire = 0.0
+        self._last_error_log = 0.0
+        self._rate: collections.deque[tuple[float, int]] = collections.deque(maxlen=64)
+        self.links: Links | None = None
+        self.ifnames: dict[int, str] = {}  # ifindex -> name, kept current by Links
+        self.queue: Queue | None = None
+        self.rules: QueueRules | None = None
+        self.silence = Silence(cfg.interfaces.data)
+        self.control: ControlServer | None = None
+        self.http: _MetricsHttp | None = None
+        self.state_file = StateFile(cfg.node.state_file)
+        self.forwarding: Forwarding | None = None
+        self.systemd = _Systemd()
+        self._wakeup_r = -1
+        self._wakeup_w = -1
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def run(self) -> int:
+        self._install_signals()
+        try:
+            self.setup()
+        except (DaemonError, LinkError, ControlError, OSError, RuntimeError) as e:
+            log.error("cannot start: %s", e)
+            self.teardown()
+            return 1
+        try:
+            self.loop()
+        finally:
+            self.teardown()
+        return 0
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        if os.geteuid() != 0:
+            raise DaemonError("pmct run needs root (NFQUEUE, iptables, nft, netlink)")
+        if not cfg.interfaces.data:
+            raise DaemonError("interfaces.data is empty: nothing to queue")
+        os.makedirs(cfg.node.run_dir, mode=0o755, exist_ok=True)
+        # The control socket first: it refuses to start next to a running daemon.
+        self.control = ControlServer(cfg.node.control_socket, self.handle)
+        self.links = links = Links(self.ifnames)
+        for name in (*cfg.interfaces.data, *([cfg.interfaces.sync] if cfg.interfaces.sync else [])):
+            links.index(name)  # raises LinkError naming a missing interface
+        self.forwarding = Forwarding(
+            cfg.interfaces.data, cfg.cluster, links, self.silence, self._set_verdicts
+        )
+        self.forwarding.start(self.role)
+        for name in cfg.interfaces.data:
+            if cfg.cluster.promisc:
+                links.set_promisc(name)
+        for ci in cfg.cluster.interfaces:
+            if ci.mac:
+                links.set_mac(ci.name, ci.mac)
+            for a in ci.addresses:
+                links.add_address(ci.name, a)
+        q = cfg.queue
+        self.queue = Queue(
+            q.num,
+            self._make_callback(),
+            max_len=q.max_len,
+            rcvbuf=q.rcvbuf,
+            fail_open=q.fail_open,
+            gso=q.gso,
+        )
+        self.rules = QueueRules(
+            cfg.interfaces.data,
+            q.num,
+            bypass=q.fail_open,
+            ipv6=q.ipv6,
+            reject_mark=cfg.policy.reject_mark,
+        )
+        self.rules.install()
+        self.forwarding.finish_start(self.role)
+        self.state_file.write(self.role)
+        addr = cfg.metrics.address()
+        if addr is not None:
+            self.http = _MetricsHttp(addr, lambda: metrics.render_prometheus(self.status()))
+            log.info("metrics on http://%s:%d/metrics", *addr)
+        self.ready = True
+        log.info(
+            "%s ready: %s on %s, queue %d fail-%s, control %s, state file %s",
+            cfg.node.name,
+            self.role.label,
+            ",".join(cfg.interfaces.data),
+            q.num,
+            q.fail,
+            cfg.node.control_socket,
+            cfg.node.state_file,
+        )
+        self.systemd.notify(f"READY=1\nSTATUS={self.role.label}")
+
+    def teardown(self) -> None:
+        """Undo everything setup() did, whatever point it reached; never raises."""
+        self.ready = False
+        self.systemd.notify("STOPPING=1")
+        steps: list[tuple[str, Callable[[], None]]] = []
+        if self.links is not None:
+            steps.append(("interfaces", self.links.undo_all))
+        if self.rules is not None:
+            steps.append(("queue rules", self.rules.remove))
+        if self.queue is not None:
+            steps.append(("queue", self.queue.close))
+        steps.append(("silence", self.silence.disable))
+        if self.http is not None:
+            steps.append(("metrics", self.http.close))
+        if self.control is not None:
+            steps.append(("control socket", self.control.close))
+        steps.append(("state file", self.state_file.remove))
+        if self.links is not None:
+            steps.append(("netlink", self.links.close))
+        for what, step in steps:
+            try:
+                step()
+            except Exception as e:
+                log.warning("teardown: %s: %s", what, e)
+        self.links = self.queue = self.rules = self.control = self.http = None
+        log.info("stopped; everything pmct installed is removed")
+
+    def _install_signals(self) -> None:
+        r, w = os.pipe()
+        os.set_blocking(r, False)
+        os.set_blocking(w, False)
+        self._wakeup_r, self._wakeup_w = r, w
+        signal.set_wakeup_fd(w)
+
+        def stop(signum: int, _frame: Any) -> None:
+            self._stop_requested = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, lambda *_: log.info("SIGHUP ignored: restart to reload"))
+
+    # ------------------------------------------------------------------ loop
+
+    def loop(self) -> None:
+        assert self.queue is not None and self.control is not None
+        qfd = self.queue.fd
+        while not self._stop_requested:
+            now = time.monotonic()
+            timeout = max(0.0, min(self._next_service - now, SERVICE_INTERVAL))
+            rfds = [qfd, self._wakeup_r, *self.control.read_fds()]
+            if self.http is not None:
+                rfds += self.http.fds()
+            try:
+                r, _, _ = select.select(rfds, self.control.write_fds(), [], timeout)
+            except InterruptedError:
+                continue
+            if self._wakeup_r in r:
+                with contextlib.suppress(OSError):
+                    os.read(self._wakeup_r, 512)
+            if qfd in r:
+                try:
+                    self.queue.drain()
+                except _Stop:
+                    break
+                except OSError as e:  # recv failed: log, keep going
+                    log.warning("queue recv: %s", e)
+            try:
+                self._service(time.monotonic(), set(r))
+            except _Stop:
+                break
+
+    def _set_verdicts(self, role: Role) -> None:
+        self.active = role is Role.ACTIVE
+
+    def _make_callback(self) -> Callable[[Any], None]:
+        """The per-packet function; everything it needs is bound to locals."""
+        process_ip = self.engine.process_ip
+        decide = self.ruleset.decide
+        monotonic = time.monotonic
+        names = self.ifnames
+        oif = self.links.route_oif if (self.links is not None and self.ruleset.needs_oif) else None
+        actions = self.actions
+        pol = self.cfg.policy
+        mark_on = pol.ctstate_mark
+        mark_mask = pol.ctstate_mark_mask
+        mark_shift = (mark_mask & -mark_mask).bit_length() - 1
+        keep = ~mark_mask & 0xFFFFFFFF
+        reject_mark = pol.reject_mark
+        bits = CTSTATE_MARK_BITS
+        fail_act = 1 if self.cfg.queue.fail_open else 0
+        daemon = self
+
+        def callback(pkt: Any) -> None:
+            try:
+                data = pkt.get_payload()
+                now = monotonic()
+                ct, d, _conn = process_ip(data, now)
+                if not daemon.active:
+                    pkt.drop()
+                    act = 0
+                else:
+                    if ct == _DROPPED:  # the engine could not parse it: the fail mode decides
+                        daemon.errors["unparsed"] += 1
+                        act = fail_act
+                    else:
+                        act = decide(ct, d, names.get(pkt.indev), data, oif)
+                    if mark_on:
+                        m = (pkt.get_mark() & keep) | (bits[ct] << mark_shift)
+                        pkt.set_mark(m | reject_mark if act == 2 else m)
+                    elif act == 2:
+                        pkt.set_mark(pkt.get_mark() | reject_mark)
+                    if act:
+                        pkt.accept()
+                    else:
+                        pkt.drop()
+                actions[act] += 1
+                daemon.packets += 1
+            except Exception:
+                now = monotonic()
+                daemon._packet_error(pkt, fail_act, now)
+            if now >= daemon._next_service:
+                daemon._service(now, None)
+
+        return callback
+
+    def _packet_error(self, pkt: Any, fail_act: int, now: float) -> None:
+        self.errors["callback"] += 1
+        self.packets += 1
+        if now - self._last_error_log > 10.0:
+            self._last_error_log = now
+            log.error("packet handling failed (fail mode verdict):\n%s", traceback.format_exc())
+        try:
+            if fail_act and self.active:
+                pkt.accept()
+            else:
+                pkt.drop()
+            self.actions[1 if fail_act and self.active else 0] += 1
+        except Exception:  # the verdict was already given before the error
+            pass
+
+    def _service(self, now: float, readable: set[int] | None) -> None:
+        """Housekeeping; raises _Stop when a stop was requested."""
+        self._next_service = now + SERVICE_INTERVAL
+        try:
+            if self.control is not None:
+                self.control.service(0.0)
+            if self.http is not None:
+                if readable is None:
+                    r, _, _ = select.select(self.http.fds(), [], [], 0)
+                    readable = set(r)
+                self.http.service(readable, now)
+            if now >= self._next_state_poll:
+                self._next_state_poll = now + STATE_POLL
+                want = self.state_file.poll()
+                if want is not None:
+                    self.set_role(want, source="state file")
+            if now >= self._next_expire:
+                self._next_expire = now + 1.0
+                self.engine.expire(now)
+                self._rate.append((now, self.packets))
+            self._fan_out_events(now)
+            self.systemd.tick(now)
+        except Exception:  # housekeeping must not stop the packet loop
+            log.exception("housekeeping failed")
+        if self._stop_requested:
+            raise _Stop
+
+    def _fan_out_events(self, now: float) -> None:
+        events = self.engine.drain_events()
+        if not events or self.control is None or not self.control.subscribers:
+            return
+        from pmct.replay import format_conntrack_line
+
+        for etype, conn in events:
+            name = _EVENT_NAMES.get(int(etype), str(etype))
+            line = f"{'[' + name + ']':>9} {format_conntrack_line(conn, now)}"
+            self.control.publish({"event": name, "line": line})
+
+    # ------------------------------------------------------------------ roles
+
+    def set_role(self, role: Role, *, source: str) -> bool:
+        assert self.forwarding is not None
+        changed = self.forwarding.switch(role)
+        if changed:
+            self.role = role
+            self.role_changes += 1
+            log.info("role -> %s (%s)", role.label, source)
+            self.systemd.notify(f"STATUS={role.label}")
+        self.state_file.write(self.role)
+        return changed
+
+    # ------------------------------------------------------------------ control
+
+    def handle(self, req: dict[str, Any]) -> Any:
+        cmd = req["cmd"]
+        now = time.monotonic()
+        if cmd == "ping":
+            return {"ready": self.ready, "role": self.role.label, "pid": os.getpid()}
+        if cmd == "status":
+            return self.status()
+        if cmd in ("promote", "demote"):
+            role = Role.ACTIVE if cmd == "promote" else Role.PASSIVE
+            changed = self.set_role(role, source="control socket")
+            return {"role": self.role.label, "changed": changed}
+        if cmd == "role":
+            want = REQUESTS.get(str(req.get("role", "")).lower())
+            if want is None:
+                raise ValueError("role must be active or passive")
+            return {"role": self.role.label, "changed": self.set_role(want, source="control")}
+        if cmd == "conntrack":
+            from pmct.replay import format_conntrack_line
+
+            conns = sorted(self.engine.table, key=lambda c: c.id)
+            return {
+                "lines": [format_conntrack_line(c, now) for c in conns],
+                "entries": [entry_to_dict(c, now) for c in conns],
+            }
+        if cmd == "stats":
+            return metrics.render_stats(self.status())
+        raise ValueError(f"unknown command {cmd!r}")
+
+    def status(self) -> dict[str, Any]:
+        now = time.monotonic()
+        cfg = self.cfg
+        by: dict[str, dict[str, int]] = {}
+        for c in self.engine.table:
+            p = _PROTO_NAMES.get(c.proto, str(c.proto))
+            label = _state_label(c)
+            d = by.setdefault(p, {})
+            d[label] = d.get(label, 0) + 1
+        qs = read_queue_stats(cfg.queue.num)
+        rate = 0.0
+        if self._rate:
+            t_old, n_old = self._rate[0]
+            for t, n in self._rate:
+                if now - t <= RATE_WINDOW:
+                    t_old, n_old = t, n
+                    break
+            if now - t_old > 0.2:
+                rate = (self.packets - n_old) / (now - t_old)
+        verdicts = self.engine.verdicts
+        return {
+            "version": 1,
+            "node": cfg.node.name,
+            "role": self.role.label,
+            "ready": self.ready,
+            "pid": os.getpid(),
+            "uptime": round(now - self.t0, 3),
+            "config": cfg.source,
+            "interfaces": {"data": list(cfg.interfaces.data), "sync": cfg.interfaces.sync},
+            "queue": {
+                "num": cfg.queue.num,
+                "fail": cfg.queue.fail,
+                "queued": qs.id_sequence if qs else None,
+                "waiting": qs.waiting if qs else None,
+                "queue_dropped": qs.queue_dropped if qs else None,
+                "user_dropped": qs.user_dropped if qs else None,
+            },
+            "packets": {"total": self.packets, "per_second": round(rate, 1)},
+            "ctstates": {CTSTATE_NAMES[i]: verdicts[i] for i in range(len(verdicts))},
+            "verdicts": {
+                "accept": self.actions[1],
+                "drop": self.actions[0],
+                "reject": self.actions[2],
+            },
+            "errors": dict(self.errors),
+            "invalid": dict(self.engine.invalid_reasons),
+            "conntrack": {
+                "entries": len(self.engine.table),
+                "limit": cfg.conntrack.max_entries,
+                "by_proto_state": by,
+                "stats": dict(self.engine.stats),
+            },
+            "rules": [
+                {"rule": describe(r), "hits": h}
+                for r, h in zip(self.ruleset.rules, self.ruleset.hits, strict=False)
+            ],
+            "default": {"action": self.ruleset.default.name.lower(), "hits": self.ruleset.hits[-1]},
+            "role_changes": self.role_changes,
+            "announcements": self.forwarding.announced if self.forwarding else 0,
+            "sync": {"state": "not configured"},
+        }
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stdout,
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+
+
+def run(cfg: Config) -> int:
+    """``pmct run``: set up, loop until SIGTERM/SIGINT, tear down; the exit status."""
+    setup_logging(cfg.node.log_level)
+    return Daemon(cfg).run()

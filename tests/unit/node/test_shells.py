@@ -1,0 +1,220 @@
+"""The node's shells without the kernel: control socket, state file, NFQUEUE config message,
+announcement frames, the silence ruleset text, /proc queue stats parsing."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import threading
+from pathlib import Path
+
+import dpkt
+import pytest
+
+from pmct.node.control import ControlError, ControlServer, request, subscribe
+from pmct.node.forwarding import Role, StateFile
+from pmct.node.netfilter import Silence
+from pmct.node.netlink import arp_announcement, unsolicited_na
+from pmct.node.nfqueue import NFQA_CFG_F_FAIL_OPEN, config_flags_message, read_queue_stats
+
+# ---------------------------------------------------------------------------- control socket
+
+
+def serve(server: ControlServer, stop: threading.Event) -> None:
+    while not stop.is_set():
+        server.service(0.05)
+
+
+@pytest.fixture
+def server(tmp_path: Path):  # type: ignore[no-untyped-def]
+    def handler(req: dict[str, object]) -> object:
+        if req["cmd"] == "echo":
+            return req.get("value")
+        if req["cmd"] == "bad":
+            raise ValueError("bad value")
+        if req["cmd"] == "boom":
+            raise KeyError("bug")
+        raise ValueError(f"unknown command {req['cmd']!r}")
+
+    srv = ControlServer(str(tmp_path / "c.sock"), handler, allowed_uid=os.getuid())
+    stop = threading.Event()
+    t = threading.Thread(target=serve, args=(srv, stop), daemon=True)
+    t.start()
+    yield srv
+    stop.set()
+    t.join()
+    srv.close()
+
+
+def test_request_response(server: ControlServer) -> None:
+    assert request(server.path, "echo", value=[1, "two"]) == [1, "two"]
+    with pytest.raises(ControlError, match="bad value"):
+        request(server.path, "bad")
+    with pytest.raises(ControlError, match="internal error: KeyError"):
+        request(server.path, "boom")
+    assert request(server.path, "echo", value="still alive") == "still alive"
+
+
+def test_socket_file_is_private(server: ControlServer) -> None:
+    assert os.stat(server.path).st_mode & 0o777 == 0o600
+
+
+def test_garbage_lines_get_errors(server: ControlServer) -> None:
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(server.path)
+        s.sendall(b"not json\n[1]\n")
+        f = s.makefile("rb")
+        first, second = json.loads(f.readline()), json.loads(f.readline())
+    assert first["ok"] is False and "bad request" in first["error"]
+    assert second["ok"] is False and '"cmd"' in second["error"]
+
+
+def test_second_server_refuses_a_live_socket(server: ControlServer) -> None:
+    with pytest.raises(ControlError, match="another pmct daemon"):
+        ControlServer(server.path, lambda r: None)
+
+
+def test_stale_socket_file_is_replaced(tmp_path: Path) -> None:
+    path = str(tmp_path / "stale.sock")
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(path)
+    s.close()  # the file stays, nobody listens
+    srv = ControlServer(path, lambda r: None, allowed_uid=os.getuid())
+    srv.close()
+    assert not os.path.exists(path)
+
+
+def test_other_uids_are_refused(tmp_path: Path) -> None:
+    srv = ControlServer(str(tmp_path / "r.sock"), lambda r: "x", allowed_uid=os.getuid() + 1)
+    stop = threading.Event()
+    t = threading.Thread(target=serve, args=(srv, stop), daemon=True)
+    t.start()
+    try:
+        with pytest.raises(ControlError):
+            request(srv.path, "echo", timeout=2)
+    finally:
+        stop.set()
+        t.join()
+        srv.close()
+
+
+def test_events_are_streamed_to_subscribers(server: ControlServer) -> None:
+    got: list[dict[str, object]] = []
+    it = subscribe(server.path)
+    ready = threading.Event()
+
+    def reader() -> None:
+        for ev in it:
+            got.append(ev)
+            ready.set()
+            if len(got) == 2:
+                return
+
+    t = threading.Thread(target=reader, daemon=True)
+    t.start()
+    for _ in range(100):
+        if server.subscribers:
+            break
+        threading.Event().wait(0.02)
+    server.publish({"event": "NEW", "line": "a"})
+    server.publish({"event": "DESTROY", "line": "b"})
+    t.join(5)
+    assert [e["event"] for e in got] == ["NEW", "DESTROY"]
+
+
+def test_no_daemon() -> None:
+    with pytest.raises(ControlError, match="does not exist"):
+        request("/nonexistent/pmct.sock", "ping")
+
+
+# ---------------------------------------------------------------------------- state file
+
+
+def test_state_file_round_trip(tmp_path: Path) -> None:
+    sf = StateFile(str(tmp_path / "role"))
+    sf.write(Role.PASSIVE)
+    assert (tmp_path / "role").read_text() == "passive\n"
+    assert sf.poll() is None  # our own write is no request
+    for text, want in (("1\n", Role.ACTIVE), ("0", Role.PASSIVE), ("active\n", Role.ACTIVE)):
+        (tmp_path / "role").write_text(text)
+        assert sf.poll() is want
+        sf.write(want)
+    (tmp_path / "role").write_text("")
+    assert sf.poll() is None  # a writer caught between truncate and write
+    (tmp_path / "role").write_text("maybe\n")
+    assert sf.poll() is None
+    assert sf.poll() is None  # warned once, not again
+    sf.remove()
+    assert not (tmp_path / "role").exists()
+    assert sf.poll() is None
+
+
+# ---------------------------------------------------------------------------- wire formats
+
+
+def test_nfqueue_config_flags_message() -> None:
+    msg = config_flags_message(7, NFQA_CFG_F_FAIL_OPEN, 0x5, seq=9)
+    length, mtype, flags, seq, pid = struct.unpack_from("=IHHII", msg)
+    assert length == len(msg) == 16 + 4 + 8 + 8
+    assert mtype == (3 << 8) | 2  # NFNL_SUBSYS_QUEUE, NFQNL_MSG_CONFIG
+    assert flags == 0x1 | 0x4 and seq == 9 and pid == 0
+    family, version, res_id = struct.unpack_from("!BBH", msg, 16)
+    assert (family, version, res_id) == (0, 0, 7)  # AF_UNSPEC, NFNETLINK_V0, queue number
+    # NFQA_CFG_FLAGS (5) then NFQA_CFG_MASK (4), big-endian u32 payloads
+    assert struct.unpack_from("=HH", msg, 20) == (8, 5)
+    assert struct.unpack_from("!I", msg, 24) == (1,)
+    assert struct.unpack_from("=HH", msg, 28) == (8, 4)
+    assert struct.unpack_from("!I", msg, 32) == (5,)
+
+
+def test_gratuitous_arp_frame() -> None:
+    eth = dpkt.ethernet.Ethernet(arp_announcement("02:00:00:c1:00:01", "198.18.1.1"))
+    assert eth.dst == b"\xff" * 6 and eth.src == bytes.fromhex("0200 00c1 0001")
+    arp = eth.data
+    assert isinstance(arp, dpkt.arp.ARP)
+    assert arp.op == 1 and arp.spa == arp.tpa == socket.inet_aton("198.18.1.1")
+    assert arp.sha == bytes.fromhex("020000c10001")
+
+
+def test_unsolicited_na_frame_has_a_valid_checksum() -> None:
+    frame = unsolicited_na("02:00:00:c1:00:01", "2001:db8::1")
+    eth = dpkt.ethernet.Ethernet(frame)
+    ip6 = eth.data
+    assert eth.dst == bytes.fromhex("333300000001")
+    assert ip6.hlim == 255 and ip6.nxt == 58
+    icmp = bytes(frame[14 + 40 :])
+    assert icmp[0] == 136
+    flags = struct.unpack_from("!I", icmp, 4)[0]
+    assert flags == 0xA0000000  # Router + Override, not Solicited
+    pseudo = ip6.src + ip6.dst + struct.pack("!I3xB", len(icmp), 58)
+    data = pseudo + icmp
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    assert total == 0xFFFF  # the checksum verifies
+    assert icmp[24:26] == b"\x02\x01" and icmp[26:32] == bytes.fromhex("020000c10001")
+
+
+def test_silence_ruleset_covers_only_the_data_interfaces() -> None:
+    text = Silence(["lan0", "wan0"]).script()
+    assert 'oifname { "lan0", "wan0" } drop' in text
+    assert text.count("hook egress") == 2 and "sync0" not in text
+    assert text.count("policy drop") == 2
+
+
+def test_read_queue_stats(tmp_path: Path) -> None:
+    p = tmp_path / "nfnetlink_queue"
+    p.write_text("    0  12345     3 2  4016     7     9     1000  1\n    5  1 0 2 4016 0 0 1 1\n")
+    st = read_queue_stats(0, str(p))
+    assert st is not None
+    assert (st.portid, st.waiting, st.queue_dropped, st.user_dropped, st.id_sequence) == (
+        12345,
+        3,
+        7,
+        9,
+        1000,
+    )
+    assert read_queue_stats(1, str(p)) is None
+    assert read_queue_stats(0, str(tmp_path / "missing")) is None
