@@ -81,9 +81,12 @@ def down() -> None:
 @lab_app.command()
 def demo(
     seconds: Annotated[float, typer.Option(help="how long the stream runs before fw-a dies")] = 3.0,
+    control: Annotated[
+        bool, typer.Option(help="also show the control: a fw-b that missed the handshake")
+    ] = True,
 ) -> None:
     """The failover story: a TCP stream through fw-a survives fw-a's death; fw-b takes over."""
     _need_root()
     from pmct.lab.demo import run_demo
 
-    raise typer.Exit(run_demo(before=seconds))
+    raise typer.Exit(run_demo(before=seconds, control=control))

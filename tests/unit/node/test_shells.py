@@ -218,3 +218,54 @@ def test_read_queue_stats(tmp_path: Path) -> None:
     )
     assert read_queue_stats(1, str(p)) is None
     assert read_queue_stats(0, str(tmp_path / "missing")) is None
+
+
+# ---------------------------------------------------------------------------- systemd notify
+
+
+def test_sd_notify_ready_and_watchdog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pmct.node.daemon import _Systemd
+
+    path = str(tmp_path / "notify")
+    sink = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sink.bind(path)
+    sink.settimeout(2)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    monkeypatch.setenv("WATCHDOG_USEC", "4000000")
+    monkeypatch.delenv("WATCHDOG_PID", raising=False)
+    sd = _Systemd()
+    assert sd.watchdog == 2.0  # ping at half the interval
+    sd.notify("READY=1")
+    sd.tick(100.0)
+    sd.tick(101.0)  # too early for another ping
+    sd.tick(102.0)
+    got = [sink.recv(100) for _ in range(3)]
+    assert got == [b"READY=1", b"WATCHDOG=1", b"WATCHDOG=1"]
+    sink.close()
+
+
+def test_no_notify_socket_is_fine(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pmct.node.daemon import _Systemd
+
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    monkeypatch.delenv("WATCHDOG_USEC", raising=False)
+    sd = _Systemd()
+    sd.notify("READY=1")
+    sd.tick(1.0)
+    assert sd.watchdog == 0.0
+
+
+def test_run_check_validates_the_config(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from pmct.cli import app
+
+    good = tmp_path / "ok.toml"
+    good.write_text('[node]\nname = "x"\n')
+    r = CliRunner().invoke(app, ["run", "--check", "--config", str(good)])
+    assert r.exit_code == 0 and "ok (x, passive)" in r.output
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[queue]\nnum = -1\n")
+    r = CliRunner().invoke(app, ["run", "--check", "--config", str(bad)])
+    assert r.exit_code == 2
+    assert "bad.toml:2: queue.num: must be between 0 and 65535, not -1" in r.output
