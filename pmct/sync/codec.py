@@ -782,9 +782,8 @@ def decode_records(body: bytes) -> list[Record]:
             if state >= _TCP_STATE_MAX or scales >> 4 > _SCALE_MAX or scales & 15 > _SCALE_MAX:
                 raise _bad("ct update: bad tcp state or scale")
             rkey = key[4:8] + key[:4] + key[10:12] + key[8:10]
-            rec = CtRecord(6, key, rkey, status, state, timeout_ms, 0, tf0, tf1, scales >> 4)
-            rec.scale1 = scales & 15
-            out.append(rec)
+            s0, s1 = scales >> 4, scales & 15
+            out.append(CtRecord(6, key, rkey, status, state, timeout_ms, 0, tf0, tf1, s0, s1))
         else:
             decoder = _RECORD_DECODERS.get(mtype)
             if decoder is None:

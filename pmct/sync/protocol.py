@@ -103,6 +103,7 @@ _SYNC: Final = int(PacketType.SYNC)
 _NACK: Final = int(PacketType.NACK)
 _BEGIN: Final = int(PacketType.INITSYNC_BEGIN)
 _DONE: Final = int(PacketType.INITSYNC_DONE)
+_CONTROL: Final = frozenset({_INITSYNC, _NACK})  # never part of a master's stream (§3)
 _DYING: Final = int(Status.DYING)
 _HALF: Final = 0x8000_0000
 
@@ -245,8 +246,8 @@ class SyncConfig:
             raise ConfigError(f"sync.mode: unknown mode {self.mode!r}")
         if self.hmac_key is not None and len(self.hmac_key) < 16:
             raise ConfigError("sync.hmac_key: at least 16 bytes")
-        if not 256 <= self.max_datagram <= 65507:
-            raise ConfigError("sync.max_datagram: 256..65507")
+        if not 576 <= self.max_datagram <= 65507:  # the largest record is < 500 bytes
+            raise ConfigError("sync.max_datagram: 576..65507")
         if self.backlog < 1 or self.reorder_limit < 1 or self.replay_window < 1:
             raise ConfigError("sync.backlog / reorder_limit / replay_window: >= 1")
         if self.initsync_rate < 0 or self.initsync_burst < 0:
@@ -573,7 +574,7 @@ class SyncProtocol:
             self.drops["stale_epoch"] += 1
             return
         f = self._following
-        if f is not None and f.node == node and f.epoch == h.epoch:
+        if f is not None and f.node == node and f.epoch == h.epoch and h.type not in _CONTROL:
             if h.type == _ANNOUNCE and msg.term != f.term:  # type: ignore[union-attr]
                 self._claim(h, msg, now)  # type: ignore[arg-type]
             else:
@@ -733,11 +734,12 @@ class SyncProtocol:
     def _apply_records(self, records: list[object], base: float, now: float, walk: bool) -> None:
         mode = self.mode
         table = self.table
-        stats = self.stats
         purge = self._purge
+        apply_update = mode.apply_update
+        tally: dict[str, int] = {}
         for rec in records:
             if type(rec) is CtRecord:
-                outcome = mode.apply_update(table, rec, base, now)
+                outcome = apply_update(table, rec, base, now)
                 if purge is not None:
                     purge.discard(rec.key)
             elif type(rec) is CtDelete:
@@ -751,7 +753,10 @@ class SyncProtocol:
                 if mode.authoritative:
                     table.delete_expect(rec)  # type: ignore[arg-type]
                 outcome = "exp_deleted"
-            stats["apply_" + outcome] += 1
+            tally[outcome] = tally.get(outcome, 0) + 1
+        stats = self.stats
+        for outcome, n in tally.items():
+            stats["apply_" + outcome] += n
         stats["rx_records"] += len(records)
         if walk and self._walk_rx is not None:
             self._walk_rx.done += len(records)
@@ -1083,7 +1088,7 @@ class SyncProtocol:
                     w.total -= 1  # died before its turn: not part of this walk any more
                     continue
                 rec = pack_conn(conn, now, window=window)
-                if size + len(rec) > cap:
+                if size + len(rec) > cap and parts:
                     break
                 note_sent(key, conn.expires)
                 parts.append(rec)
@@ -1099,7 +1104,7 @@ class SyncProtocol:
                 exps = w.exps
                 while exps and len(parts) < allowance:
                     rec = encode_exp_update(exps[-1])
-                    if size + len(rec) > cap:
+                    if size + len(rec) > cap and parts:
                         break
                     parts.append(rec)
                     size += len(rec)

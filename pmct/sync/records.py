@@ -74,12 +74,13 @@ def _ms(seconds: float) -> int:
 
 
 def _helper_name(helper: Any) -> str | None:
+    """The helper's name, if it can travel (1..16 printable ASCII bytes, docs §4.6)."""
     if helper is None:
         return None
-    if isinstance(helper, str):
-        return helper
-    name = getattr(helper, "name", None)
-    return name if isinstance(name, str) else None
+    name = helper if isinstance(helper, str) else getattr(helper, "name", None)
+    if isinstance(name, str) and 1 <= len(name) <= 16 and all("!" <= ch <= "~" for ch in name):
+        return name
+    return None
 
 
 def has_window(conn: Conn) -> bool:
@@ -125,7 +126,7 @@ def conn_to_record(conn: Conn, now: float, *, window: bool = False) -> CtRecord:
     extra = conn.extra
     if extra:
         hd = extra.get(_HELPER_DATA_KEY)
-        if isinstance(hd, bytes | bytearray):
+        if isinstance(hd, bytes | bytearray) and len(hd) <= 255:
             rec.helper_data = bytes(hd)
         st = extra.get(_SCTP_KEY)
         if st is not None:
@@ -192,7 +193,8 @@ def new_conn(
         # The bulk case (init sync of plain TCP entries): write_conn() without the branches.
         conn.status = rec.status
         conn.state = rec.state
-        conn.mark = rec.mark
+        if rec.mark:
+            conn.mark = rec.mark
         conn.expires = base + rec.timeout_ms / 1000.0
         conn.tw = _TW_ZERO[:]
         conn.last_dir = 0
@@ -227,7 +229,8 @@ def write_conn(
     """
     conn.status = rec.status
     conn.state = rec.state
-    conn.mark = rec.mark
+    if conn.mark != rec.mark:  # mark, helper, master live in Conn.extra: write only changes
+        conn.mark = rec.mark
     conn.expires = base + rec.timeout_ms / 1000.0
     if rec.proto == IPPROTO_TCP:
         w = rec.window
@@ -258,14 +261,16 @@ def write_conn(
     elif rec.proto == IPPROTO_UDP:
         conn.stream_ts = base + rec.stream_ms / 1000.0 if rec.stream_ms is not None else 0.0
     name = rec.helper
-    if name is None:
-        conn.helper = None
-    else:
-        conn.helper = resolve_helper(name) if resolve_helper is not None else name
-    if rec.master is None:
-        conn.master = None
-    else:
-        conn.master = resolve_master(rec.master) if resolve_master is not None else None
+    helper = None
+    if name is not None:
+        helper = resolve_helper(name) if resolve_helper is not None else name
+    if conn.helper is not helper:
+        conn.helper = helper
+    master = None
+    if rec.master is not None and resolve_master is not None:
+        master = resolve_master(rec.master)
+    if conn.master is not master:
+        conn.master = master
     extra = conn.extra
     if rec.helper_data is not None:
         if extra is None:
@@ -279,8 +284,8 @@ def write_conn(
         extra[_SCTP_KEY] = list(rec.sctp)
     elif extra is not None:
         extra.pop(_SCTP_KEY, None)
-    if extra is not None and not extra:
-        conn.extra = None
+    if extra is not None and not any(v is not None and v != 0 for v in extra.values()):
+        conn.extra = None  # only defaults left (Conn keeps mark/helper/master in extra)
 
 
 def synced_view(conn: Conn, now: float, *, window: bool = False) -> CtRecord:

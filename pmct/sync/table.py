@@ -133,10 +133,9 @@ class EngineTable:
     def __init__(self, engine: Any) -> None:
         self.engine = engine
         self.table = engine.table
-
-    def get(self, key: bytes, now: float) -> Conn | None:
-        conn: Conn | None = self.table.get(key, now)
-        return conn
+        # ConnTable.get(key, now) has the adapter's signature and semantics (an expired entry
+        # is absent): bind it directly, it is called twice per received record.
+        self.get = self.table.get
 
     def insert(self, conn: Conn, now: float) -> bool:
         table = self.table

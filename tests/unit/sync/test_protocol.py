@@ -255,3 +255,42 @@ def test_master_announces_periodically() -> None:
     assert m.get_timer() == 4.0
     m.demote(now=3.0)
     assert m.get_timer() is None and m.ready  # concurrent: its own table is still good
+
+
+def test_large_records_are_packed_one_per_packet_and_odd_helpers_stay_home() -> None:
+    t = DictTable()
+    for i in range(3):
+        c = t.add(sample_conn(i, v6=True))
+        c.rkey = sample_conn(100 + i, v6=True).key  # NAT: the reply key travels too
+        c.helper = "ftp"
+        c.extra = {**(c.extra or {}), "helper_data": bytes(255)}
+    odd = t.add(sample_conn(9))
+    odd.helper = "has space"  # cannot travel: not a valid wire name
+    odd.extra = {**(odd.extra or {}), "helper_data": bytes(300)}
+    m = SyncProtocol(
+        cfg(1, {2}, max_datagram=576, send_window=True, hmac_key=KEY),
+        t,
+        epoch=1,
+        now=0.0,
+        role=Role.MASTER,
+    )
+    m.receive_datagram(
+        encode_datagram(
+            2,
+            codec.encode_initsync(InitSyncRequest(0, 1)),
+            node=2,
+            epoch=3,
+            seq=0,
+            stamp=0,
+            key=KEY,
+        ),
+        now=0.0,
+    )
+    out = m.datagrams_to_send(now=0.0)
+    syncs = [d for d in out if decode_datagram(d, KEY)[0].type == PacketType.SYNC]
+    assert all(len(d) <= 576 for d in out)
+    recs = [r for d in syncs for r in decode_body(3, decode_datagram(d, KEY)[1])]  # type: ignore[union-attr]
+    assert len(recs) == 4 and len(syncs) == 3  # the small one shares a packet
+    by_key = {r.key: r for r in recs}
+    assert by_key[odd.key].helper is None and by_key[odd.key].helper_data is None
+    assert by_key[sample_conn(0, v6=True).key].helper_data == bytes(255)
