@@ -113,7 +113,7 @@ _PROTO_NAMES: Final = {
     IPPROTO_DCCP: "dccp",
     IPPROTO_GRE: "gre",
 }
-_PORTED: Final = frozenset({IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, IPPROTO_SCTP, IPPROTO_DCCP})
+_PORTED: Final = frozenset({IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, IPPROTO_SCTP})
 
 
 # ---------------------------------------------------------------------------------- reading

@@ -238,9 +238,11 @@ class Engine:
         """Track a parsed, unfragmented datagram (kernel nf_conntrack_in() after defrag)."""
         proto = pkt.proto
         l3 = pkt.l3
+        if pkt.bad is not None:
+            # truncated L4 header, or IPv6 with no upper-layer header at all: the kernel finds
+            # no tuple (nf_ct_get_tuple()/ipv6_get_l4proto() fail) and the packet is INVALID
+            return self._invalid(pkt.bad)
         if proto == IPPROTO_TCP:
-            if pkt.bad is not None:
-                return self._invalid(pkt.bad)
             key = pkt.src + pkt.dst + _PORTS.pack(pkt.sport, pkt.dport)
             return self._tcp(
                 key,
@@ -255,28 +257,28 @@ class Engine:
                 pkt.tcp_doff,
                 now,
             )
-        if proto == IPPROTO_ICMP and l3 == 4:
+        if proto == IPPROTO_ICMP:
+            if l3 != 4:  # kernel nf_conntrack_icmp_packet(): state->pf != NFPROTO_IPV4
+                return self._invalid("icmp: not in IPv4")
             return self._icmp(pkt, now)
-        if proto == IPPROTO_ICMPV6 and l3 == 6:
+        if proto == IPPROTO_ICMPV6:
+            if l3 != 6:
+                return self._invalid("icmpv6: not in IPv6")
             return self._icmpv6(pkt, now)
         if proto == IPPROTO_UDP:
-            bad = pkt.bad or udp.error(pkt.data, pkt.l4off, pkt.l4len)
+            bad = udp.error(pkt.data, pkt.l4off, pkt.l4len)
             if bad is not None:
                 return self._invalid(bad)
             return self._simple(pkt, now, udp.packet)
         if proto == IPPROTO_UDPLITE:
-            bad = pkt.bad or udp.error_lite(pkt.data, pkt.l4off, pkt.l4len)
+            bad = udp.error_lite(pkt.data, pkt.l4off, pkt.l4len)
             if bad is not None:
                 return self._invalid(bad)
             return self._simple(pkt, now, udp.packet_lite)
         if proto == IPPROTO_SCTP:
             return self._sctp(pkt, now)
         if proto == IPPROTO_GRE:
-            if pkt.bad is not None:
-                return self._invalid(pkt.bad)
             return self._simple(pkt, now, generic.gre_packet)
-        if proto in PORTED_PROTOS and pkt.bad is not None:
-            return self._invalid(pkt.bad)
         return self._simple(pkt, now, generic.packet)
 
     # ------------------------------------------------------------------ lookup / create
@@ -417,7 +419,7 @@ class Engine:
 
     def _sctp(self, pkt: Packet, now: float) -> Verdict:
         s = self.settings
-        bad = pkt.bad or sctp.error(pkt.data, pkt.l4off, pkt.l4len, s.checksum)
+        bad = sctp.error(pkt.data, pkt.l4off, pkt.l4len, s.checksum)
         if bad is not None:
             return self._invalid(bad)
         key = make_key(IPPROTO_SCTP, pkt.src, pkt.dst, pkt.sport, pkt.dport)
@@ -441,8 +443,6 @@ class Engine:
 
     def _icmp(self, pkt: Packet, now: float) -> Verdict:
         """kernel nf_conntrack_icmpv4_error() then the ICMP tracker."""
-        if pkt.bad is not None:
-            return self._invalid(pkt.bad)
         itype = pkt.icmp_type
         if itype > icmp.NR_ICMP_TYPES:
             return self._invalid("invalid icmp type")
@@ -452,8 +452,6 @@ class Engine:
 
     def _icmpv6(self, pkt: Packet, now: float) -> Verdict:
         """kernel nf_conntrack_icmpv6_error() then the ICMPv6 tracker."""
-        if pkt.bad is not None:
-            return self._invalid(pkt.bad)
         itype = pkt.icmp_type
         if itype in icmp.ICMPV6_UNTRACKED_TYPES:
             return _V_UNTRACKED

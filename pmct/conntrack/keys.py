@@ -13,7 +13,7 @@ protocol                      layout                                      length
 TCP over IPv4                 src(4) dst(4) sport(2) dport(2)             12
 TCP over IPv6                 src(16) dst(16) sport(2) dport(2)           36
 other L4 with ports / ICMP    proto(1) src dst sport(2) dport(2)          13 / 37
-  (UDP, UDP-Lite, SCTP, DCCP: ports; ICMP/ICMPv6: id(2) type(1) code(1))
+  (UDP, UDP-Lite, SCTP: ports; ICMP/ICMPv6: id(2) type(1) code(1))
 GRE                           proto(1) src dst key_src(2) key_dst(2)      13 / 37
 generic (by protocol number)  proto(1) src dst                            9 / 33
 ============================  ==========================================  ======
@@ -54,13 +54,13 @@ IPPROTO_ICMPV6: Final = 58
 IPPROTO_SCTP: Final = 132
 IPPROTO_UDPLITE: Final = 136
 
-# Protocols whose tuple carries two 16-bit fields after the addresses.
+# Protocols whose tuple carries two 16-bit fields after the addresses. DCCP is not one:
+# current kernels (6.16+) have no DCCP tracker, so DCCP is generic (no ports).
 PORTED_PROTOS: Final = frozenset(
     {
         IPPROTO_UDP,
         IPPROTO_UDPLITE,
         IPPROTO_SCTP,
-        IPPROTO_DCCP,
         IPPROTO_ICMP,
         IPPROTO_ICMPV6,
         IPPROTO_GRE,

@@ -253,3 +253,28 @@ def test_time_wait_reopen_through_the_fast_path() -> None:
     st, d, c2 = eng.process_ip(tcp4(40000, 80, SYN, 90000), 1.0)
     assert (st, d) == (NEW, 0) and c2 is not c and c2 is not None and c2.state == 1
     assert eng.stats["repeat"] == 1 and len(eng.table) == 1
+
+
+def test_ipv6_without_upper_layer_header_is_invalid() -> None:
+    from pktbuild import ip6
+
+    eng = Engine()
+    st, _, _ = eng.process_ip(ip6(A6, B6, 59, b""), 0.0)  # No Next Header
+    assert st == INV and len(eng.table) == 0
+
+
+def test_icmp_in_ipv6_and_icmpv6_in_ipv4_are_invalid() -> None:
+    from pktbuild import ip6
+
+    eng = Engine()
+    assert eng.process_ip(ip6(A6, B6, 1, bytes((8, 0, 0, 0, 0, 7, 0, 1))), 0.0)[0] == INV
+    assert eng.process_ip(ip4(A4, B4, 58, bytes((128, 0, 0, 0, 0, 7, 0, 1))), 0.0)[0] == INV
+    assert eng.last_reason == "icmpv6: not in IPv6"
+
+
+def test_dccp_is_generic_without_ports() -> None:
+    # kernel 6.16+ has no DCCP tracker: a reply with other ports is the same entry
+    eng = Engine()
+    dccp = bytes(16)
+    assert eng.process_ip(ip4(A4, B4, 33, b"\x04\xd2\x00\x50" + dccp[4:]), 0.0)[:2] == (NEW, 0)
+    assert eng.process_ip(ip4(B4, A4, 33, b"\x00\x51\x04\xd3" + dccp[4:]), 0.0)[:2] == (EST, 1)
