@@ -138,7 +138,7 @@ def conntrack(
 
         try:
             for ev in subscribe(sock):
-                typer.echo(ev["line"])
+                print(ev["line"], flush=True)  # one line per event, also into a pipe
         except ControlError as e:
             _fail(str(e))
         except KeyboardInterrupt:

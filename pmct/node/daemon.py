@@ -222,6 +222,7 @@ class Daemon:
         self.packets = 0
         self.role_changes = 0
         self.ready = False
+        self.watch_events = False  # someone runs `pmct conntrack -E`
         self._stop_requested = False
         self._next_service = 0.0
         self._next_state_poll = 0.0
@@ -434,6 +435,8 @@ class Daemon:
                         pkt.drop()
                 actions[act] += 1
                 daemon.packets += 1
+                if daemon.watch_events:  # `conntrack -E` shows the state at the event
+                    daemon._fan_out_events(now)
             except Exception:
                 now = monotonic()
                 daemon._packet_error(pkt, fail_act, now)
@@ -486,8 +489,10 @@ class Daemon:
 
     def _fan_out_events(self, now: float) -> None:
         events = self.engine.drain_events()
-        if not events or self.control is None or not self.control.subscribers:
+        self.watch_events = self.control is not None and self.control.subscribers > 0
+        if not events or not self.watch_events:
             return
+        assert self.control is not None
         from pmct.replay import format_conntrack_line
 
         for etype, conn in events:
@@ -596,6 +601,7 @@ class Daemon:
             ],
             "default": {"action": self.ruleset.default.name.lower(), "hits": self.ruleset.hits[-1]},
             "role_changes": self.role_changes,
+            "event_subscribers": self.control.subscribers if self.control is not None else 0,
             "announcements": self.forwarding.announced if self.forwarding else 0,
             "sync": {"state": "not configured"},
         }

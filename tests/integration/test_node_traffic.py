@@ -212,3 +212,28 @@ def test_reject_and_fail_closed(lab: Lab) -> None:
     assert st["verdicts"]["reject"] >= 1
     assert "NFQUEUE --queue-num 0" in lab.sh("fw-a", ["iptables-save"]).stdout
     assert "--queue-bypass" not in lab.sh("fw-a", ["iptables-save"]).stdout
+
+
+def test_metrics_port_and_live_events(lab: Lab) -> None:
+    lab.start_node("fw-a", role="active", extra='[metrics]\nlisten = "127.0.0.1:9468"\n')
+    start_servers(lab)
+    lab.start(
+        "events",
+        "client",
+        [sys.executable, "-m", "pmct", "conntrack", "-E", "-s", lab.socket("fw-a")],
+    )
+    wait_for("the HTTP server", lambda: curl(lab)[0] == 200, 15, poll=0.2)
+    wait_for(
+        "the event subscriber",
+        lambda: lab.control("fw-a", "status")["event_subscribers"] == 1,
+        10,
+    )
+    assert curl(lab) == (200, BODY)
+    wait_for("[UPDATE] events", lambda: "TIME_WAIT" in lab.log_text("events"), 10)
+    log = lab.log_text("events")
+    assert "    [NEW] tcp      6 120 SYN_SENT src=198.18.1.2 dst=198.18.2.2" in log
+    assert "ESTABLISHED" in log
+    p = lab.sh("fw-a", ["curl", "-s", "-m", "5", "http://127.0.0.1:9468/metrics"])
+    assert "# TYPE pmct_nf_conntrack_entries gauge" in p.stdout
+    assert 'pmct_role{node="fw-a",role="active"} 1' in p.stdout
+    assert 'pmct_connections{node="fw-a",protocol="tcp",state="TIME_WAIT"}' in p.stdout

@@ -132,6 +132,7 @@ def error_of(text: str) -> str:
         ("[queue]\nnum = 70000\n", "queue.num: must be between 0 and 65535, not 70000"),
         ("[queue]\nfail = 'maybe'\n", "t.toml:2: queue.fail: must be one of 'open', 'closed'"),
         ("[queue]\ngso = 1\n", "t.toml:2: queue.gso: must be true or false, not an integer"),
+        ("[queue]\ngso = true\n", "t.toml:2: queue.gso: not supported yet"),
         ("[node]\nrun_dir = 'run'\n", "node.run_dir: must be an absolute path"),
         ("[interfaces]\ndata = 'lan0'\n", "t.toml:2: interfaces.data: must be an array"),
         (
