@@ -357,6 +357,8 @@ class Lab:
         tcp_loose: bool = True,
         strict: bool = False,
         fail: str = "open",
+        max_len: int | None = None,
+        rcvbuf: int | None = None,
         extra: str = "",
     ) -> str:
         return (
@@ -364,7 +366,10 @@ class Lab:
             '[interfaces]\ndata = ["lan0", "wan0"]\nsync = "sync0"\n\n'
             f'[cluster.interface.lan0]\nmac = "{LAN_MAC}"\naddresses = ["{LAN_GW}/24"]\n\n'
             f'[cluster.interface.wan0]\nmac = "{WAN_MAC}"\naddresses = ["{WAN_GW}/24"]\n\n'
-            f'[queue]\nfail = "{fail}"\n\n'
+            f'[queue]\nfail = "{fail}"\n'
+            + (f"max_len = {max_len}\n" if max_len else "")
+            + (f"rcvbuf = {rcvbuf}\n" if rcvbuf else "")
+            + "\n"
             f"[conntrack]\ntcp_loose = {'true' if tcp_loose else 'false'}\n\n"
             f"{lab_policy(strict)}\n{extra}"
         )

@@ -114,8 +114,8 @@ class Queue:
         num: int,
         callback: Callable[[Any], None],
         *,
-        max_len: int = 4096,
-        rcvbuf: int = 8 * 1024 * 1024,
+        max_len: int = 65536,
+        rcvbuf: int = 128 * 1024 * 1024,
         fail_open: bool = False,
         gso: bool = False,
     ) -> None:
