@@ -58,6 +58,7 @@ __all__ = [
     "parse_oracle_tsv",
     "render_report",
     "run_fidelity",
+    "shared_dirs",
     "timeout_agrees",
     "trace_result",
 ]
@@ -66,17 +67,24 @@ MODES: Final = ("bridge", "routed")
 PRIMARY: Final = ("ctstate", "dir", "l4state")
 SEED_ROOT: Final = Path("/tmp/oracle")
 REPO_ROOT: Final = Path(__file__).resolve().parents[1]
+WORKPLACE_SHARED: Final = Path("/work/shared")
 TRACE_SUFFIXES: Final = (".pcap", ".pcapng", ".pcap.gz", ".pcapng.gz")
 
 
 # ---------------------------------------------------------------------------------- locating
 
 
+def shared_dirs() -> list[Path]:
+    """Where the project's shared/ folder may be: beside the repository (the layout of the
+    work tree and of CI's clone), else the workplace's own copy (a clone made elsewhere)."""
+    return [REPO_ROOT.parent / "shared", WORKPLACE_SHARED]
+
+
 def find_kernel_oracle() -> Path | None:
-    """$PMCT_KERNEL_ORACLE, else shared/tools/kernel_oracle.py beside the repository."""
+    """$PMCT_KERNEL_ORACLE, else tools/kernel_oracle.py in the first shared/ that has it."""
     env = os.environ.get("PMCT_KERNEL_ORACLE")
     candidates = [Path(env)] if env else []
-    candidates.append(REPO_ROOT.parent / "shared" / "tools" / "kernel_oracle.py")
+    candidates += [d / "tools" / "kernel_oracle.py" for d in shared_dirs()]
     for c in candidates:
         if c.is_file():
             return c
@@ -84,11 +92,13 @@ def find_kernel_oracle() -> Path | None:
 
 
 def default_traces() -> list[Path]:
-    """Every capture in $PMCT_TRACES, else in shared/traces/ beside the repository."""
-    d = Path(os.environ.get("PMCT_TRACES") or REPO_ROOT.parent / "shared" / "traces")
-    if not d.is_dir():
-        return []
-    return sorted(p for p in d.iterdir() if p.name.endswith(TRACE_SUFFIXES))
+    """Every capture in $PMCT_TRACES, else in the first shared/traces/ that exists."""
+    env = os.environ.get("PMCT_TRACES")
+    dirs = [Path(env)] if env else [d / "traces" for d in shared_dirs()]
+    for d in dirs:
+        if d.is_dir():
+            return sorted(p for p in d.iterdir() if p.name.endswith(TRACE_SUFFIXES))
+    return []
 
 
 def cache_root() -> Path:

@@ -57,7 +57,7 @@ def oracle_missing() -> str | None:
     if find_kernel_oracle() is None:
         return (
             "needs the kernel oracle: set PMCT_KERNEL_ORACLE or keep shared/tools/ beside the "
-            "repository (../shared/tools/kernel_oracle.py)"
+            "repository (../shared/tools/kernel_oracle.py) or at /work/shared"
         )
     return None
 
