@@ -40,7 +40,7 @@ venv=${PMCT_VENV:-$repo/.venv}
 apt_packages=(
     python3 python3-venv python3-dev build-essential
     libnetfilter-queue-dev libnfnetlink-dev
-    iptables nftables iproute2 iperf3 keepalived conntrack tcpdump ethtool curl
+    iptables nftables iproute2 iperf3 keepalived conntrack tcpdump ethtool curl iputils-ping
 )
 missing=()
 for p in "${apt_packages[@]}"; do
