@@ -57,6 +57,7 @@ __all__ = [
 
 ROLES: Final = ("active", "passive")
 FAIL_MODES: Final = ("open", "closed")
+BACKENDS: Final = ("netfilterqueue", "netlink")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 _IFNAME: Final = re.compile(r"^[^\s/:]{1,15}$")  # kernel dev_valid_name(): < IFNAMSIZ, no / : ws
 _MAC: Final = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
@@ -112,6 +113,7 @@ class QueueConfig:
     rcvbuf: int = 128 * 1024 * 1024
     gso: bool = False
     ipv6: bool = True
+    backend: str = "netfilterqueue"
 
     @property
     def fail_open(self) -> bool:
@@ -405,7 +407,7 @@ def _cluster(ctx: _Ctx, d: Any, data_ifaces: tuple[str, ...]) -> ClusterConfig:
 
 
 def _queue(ctx: _Ctx, d: Any) -> QueueConfig:
-    d = _table(ctx, d, "queue", ("num", "fail", "max_len", "rcvbuf", "gso", "ipv6"))
+    d = _table(ctx, d, "queue", ("backend", "num", "fail", "max_len", "rcvbuf", "gso", "ipv6"))
     kw: dict[str, Any] = {}
     if "num" in d:
         kw["num"] = _int(ctx, d["num"], "queue.num", 0, 65535)
@@ -418,10 +420,12 @@ def _queue(ctx: _Ctx, d: Any) -> QueueConfig:
     for k in ("gso", "ipv6"):
         if k in d:
             kw[k] = _bool(ctx, d[k], f"queue.{k}")
-    if kw.get("gso"):
-        # netfilterqueue's 4 KB receive buffer forces a header-only copy of a GSO super-packet
-        # (nfqueue.py rule 2), and the engine drops a datagram shorter than its total length.
-        raise ctx.error("queue.gso", "not supported yet: needs header-only tracking in the engine")
+    if "backend" in d:
+        kw["backend"] = _str(ctx, d["backend"], "queue.backend", BACKENDS)
+    if kw.get("gso") and kw.get("backend") != "netlink":
+        # netfilterqueue receives into a 4 KB buffer: a GSO super-packet would be cut short
+        # and never get a verdict (nfqueue.py rule 2).
+        raise ctx.error("queue.gso", 'needs backend = "netlink"')
     return QueueConfig(**kw)
 
 
@@ -709,6 +713,10 @@ gratuitous_arp = true
 # An interface without an entry keeps its own MAC and addresses.
 
 [queue]
+# How pmct talks to the queue: "netfilterqueue" (the C binding, one verdict per packet) or
+# "netlink" (pure Python on a raw netlink socket, one batch verdict per burst: faster, see
+# `python -m pmct.node.bench_live`).
+backend = "netfilterqueue"
 # NFQUEUE number (iptables --queue-num).
 num = 0
 # What happens when pmct cannot decide: "open" lets packets pass (iptables --queue-bypass
@@ -722,8 +730,8 @@ fail = "open"
 # 4096 / 8 MiB let 27 % of the packets through untracked, 65536 / 128 MiB none.
 max_len = 65536
 rcvbuf = 134217728
-# Queue GSO super-packets whole (NFQA_CFG_F_GSO) instead of segmenting them first. Faster
-# with offloads on, but not supported yet (the engine needs header-only copies): keep false.
+# Queue GSO super-packets whole (NFQA_CFG_F_GSO) instead of segmenting them first: much
+# faster with offloads on. Needs backend = "netlink".
 gso = false
 # Also queue IPv6 (ip6tables); off when the host has no IPv6.
 ipv6 = true

@@ -22,6 +22,7 @@ __all__ = [
     "conntrack_entries",
     "pmct_cli",
     "probe",
+    "queue_opts",
     "table_key",
     "wait_for",
 ]
@@ -39,6 +40,15 @@ def wait_for(what: str, fn: Callable[[], T | None], timeout: float, poll: float 
         if time.monotonic() > deadline:
             raise LabError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(poll)
+
+
+def queue_opts(name: str) -> dict[str, Any]:
+    """``Lab.start_node`` options for a queue set-up: netfilterqueue, netlink, netlink-gso."""
+    return {
+        "netfilterqueue": {"backend": "netfilterqueue"},
+        "netlink": {"backend": "netlink"},
+        "netlink-gso": {"backend": "netlink", "gso": True},
+    }[name]
 
 
 def probe(lab: Lab, node: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

@@ -359,6 +359,8 @@ class Lab:
         fail: str = "open",
         max_len: int | None = None,
         rcvbuf: int | None = None,
+        backend: str | None = None,
+        gso: bool = False,
         extra: str = "",
     ) -> str:
         return (
@@ -369,6 +371,8 @@ class Lab:
             f'[queue]\nfail = "{fail}"\n'
             + (f"max_len = {max_len}\n" if max_len else "")
             + (f"rcvbuf = {rcvbuf}\n" if rcvbuf else "")
+            + (f'backend = "{backend}"\n' if backend else "")
+            + ("gso = true\n" if gso else "")
             + "\n"
             f"[conntrack]\ntcp_loose = {'true' if tcp_loose else 'false'}\n\n"
             f"{lab_policy(strict)}\n{extra}"

@@ -8,7 +8,10 @@ modes
                 the flooded frames)
     conntrack   kernel conntrack + a stateful iptables ruleset on fw-a (FORWARD policy DROP,
                 ESTABLISHED,RELATED accept, INVALID drop, NEW from lan0 accept)
-    pmct        pmct active on fw-a, pmct passive on fw-b (the lab's default ruleset)
+    pmct        pmct active on fw-a, pmct passive on fw-b (the lab's default ruleset),
+                queue.backend = "netfilterqueue" (one verdict per packet)
+    pmct-nl     the same with queue.backend = "netlink" (batch verdicts)
+    pmct-gso    netlink backend with queue.gso = true (GSO super-packets queued whole)
 
 traffic
     tcp         one iperf3 TCP flow, offloads on (GSO/GRO super-packets on the veths)
@@ -41,7 +44,12 @@ from pmct.lab.topology import LAN_GW, SERVER_IP, WAN_GW, Lab
 
 __all__ = ["main"]
 
-MODES = ("kernel", "conntrack", "pmct")
+MODES = ("kernel", "conntrack", "pmct", "pmct-nl", "pmct-gso")
+PMCT_MODES = {
+    "pmct": {"backend": "netfilterqueue"},
+    "pmct-nl": {"backend": "netlink"},
+    "pmct-gso": {"backend": "netlink", "gso": True},
+}
 TRAFFIC = ("tcp", "tcp-nooff", "udp64")
 
 STATEFUL = """*filter
@@ -95,9 +103,10 @@ def _offloads(lab: Lab, on: bool) -> None:
 
 
 def _setup(lab: Lab, mode: str, queue: dict[str, int | None]) -> None:
-    if mode == "pmct":
-        lab.start_node("fw-a", role="active", **queue)  # type: ignore[arg-type]
-        lab.start_node("fw-b", role="passive", **queue)  # type: ignore[arg-type]
+    if mode in PMCT_MODES:
+        opts: dict[str, Any] = {**queue, **PMCT_MODES[mode]}
+        lab.start_node("fw-a", role="active", **opts)
+        lab.start_node("fw-b", role="passive", **opts)
         return
     for dev, ip in (("lan0", LAN_GW), ("wan0", WAN_GW)):
         lab.ip("fw-a", "addr", "add", f"{ip}/24", "dev", dev)
@@ -216,12 +225,16 @@ def main(argv: list[str] | None = None) -> int:
             )
     for traffic in a.traffic.split(","):
         by = {r.mode: r for r in results if r.traffic == traffic}
-        if "pmct" in by and "conntrack" in by and by["conntrack"].mbps:
-            ratio = by["pmct"].mbps / by["conntrack"].mbps
-            line = f"{traffic}: pmct moves {ratio:.2f} x the Mbit/s of kernel conntrack"
-            if traffic != "tcp" and by["conntrack"].fw_pps:  # with offloads, frames != packets
-                line += f", {by['pmct'].fw_pps / by['conntrack'].fw_pps:.2f} x its packets/s"
-            print(line)
+        ref = by.get("conntrack")
+        if ref is None or not ref.mbps:
+            continue
+        for mode in PMCT_MODES:
+            if mode not in by:
+                continue
+            line = f"{traffic}: {mode} moves {by[mode].mbps / ref.mbps:.2f} x the Mbit/s"
+            if traffic != "tcp" and ref.fw_pps:  # with offloads on, frames are not packets
+                line += f", {by[mode].fw_pps / ref.fw_pps:.2f} x the packets/s"
+            print(line + " of kernel conntrack")
     if a.json:
         with open(a.json, "w") as fh:
             json.dump([asdict(r) for r in results], fh, indent=1)

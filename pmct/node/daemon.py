@@ -48,8 +48,8 @@ from pmct.node.control import ControlError, ControlServer
 from pmct.node.forwarding import REQUESTS, Forwarding, Role, StateFile
 from pmct.node.netfilter import QueueRules, Silence
 from pmct.node.netlink import LinkError, Links
-from pmct.node.nfqueue import Queue, read_queue_stats
-from pmct.node.policy import CTSTATE_MARK_BITS, describe
+from pmct.node.nfqueue import NetlinkQueue, Queue, read_queue_stats
+from pmct.node.policy import CTSTATE_MARK_BITS, Action, describe
 
 __all__ = ["Daemon", "DaemonError", "entry_to_dict", "run"]
 
@@ -230,8 +230,8 @@ class Daemon:
         self._last_error_log = 0.0
         self._rate: collections.deque[tuple[float, int]] = collections.deque(maxlen=64)
         self.links: Links | None = None
+        self.queue: Queue | NetlinkQueue | None = None
         self.ifnames: dict[int, str] = {}  # ifindex -> name, kept current by Links
-        self.queue: Queue | None = None
         self.rules: QueueRules | None = None
         self.silence = Silence(cfg.interfaces.data)
         self.control: ControlServer | None = None
@@ -283,14 +283,25 @@ class Daemon:
             for a in ci.addresses:
                 links.add_address(ci.name, a)
         q = cfg.queue
-        self.queue = Queue(
-            q.num,
-            self._make_callback(),
-            max_len=q.max_len,
-            rcvbuf=q.rcvbuf,
-            fail_open=q.fail_open,
-            gso=q.gso,
-        )
+        if q.backend == "netlink":
+            self.queue = NetlinkQueue(
+                q.num,
+                self._make_handler(),
+                self._on_packet_error,
+                max_len=q.max_len,
+                rcvbuf=q.rcvbuf,
+                fail_open=q.fail_open,
+                gso=q.gso,
+            )
+        else:
+            self.queue = Queue(
+                q.num,
+                self._make_callback(),
+                max_len=q.max_len,
+                rcvbuf=q.rcvbuf,
+                fail_open=q.fail_open,
+            )
+        self._set_verdicts(Role.ACTIVE if self.active else Role.PASSIVE)  # sync the batch verdict
         self.rules = QueueRules(
             cfg.interfaces.data,
             q.num,
@@ -391,9 +402,15 @@ class Daemon:
 
     def _set_verdicts(self, role: Role) -> None:
         self.active = role is Role.ACTIVE
+        if isinstance(self.queue, NetlinkQueue):  # what most packets of a burst get
+            self.queue.batch_verdict = 1 if self.active else 0
 
-    def _make_callback(self) -> Callable[[Any], None]:
-        """The per-packet function; everything it needs is bound to locals."""
+    def _make_handler(self) -> Callable[[bytes, int, int], tuple[int, int]]:
+        """The per-packet decision: ``(payload, indev, mark) -> (verdict, mark or -1)``.
+
+        Everything it needs is bound to locals; it counts the packet and its action. It may
+        raise only on a bug; the backends turn that into the fail-mode verdict.
+        """
         process_ip = self.engine.process_ip
         decide = self.ruleset.decide
         monotonic = time.monotonic
@@ -408,57 +425,77 @@ class Daemon:
         reject_mark = pol.reject_mark
         bits = CTSTATE_MARK_BITS
         fail_act = 1 if self.cfg.queue.fail_open else 0
+        drop: Final = (0, -1)
+        accept: Final = (1, -1)
+        daemon = self
+
+        def handle(data: bytes, indev: int, mark: int) -> tuple[int, int]:
+            daemon.packets += 1
+            now = monotonic()
+            ct, d, _conn = process_ip(data, now)
+            if daemon.watch_events:  # `conntrack -E` shows the state at the event
+                daemon._fan_out_events(now)
+            if not daemon.active:
+                actions[0] += 1
+                return drop
+            if ct == _DROPPED:  # the engine could not parse it: the fail mode decides
+                daemon.errors["unparsed"] += 1
+                act = fail_act
+            else:
+                act = decide(ct, d, names.get(indev), data, oif)
+            actions[act] += 1
+            if mark_on:
+                m = (mark & keep) | (bits[ct] << mark_shift)
+                return (1 if act else 0, m | reject_mark if act == 2 else m)
+            if act == 2:
+                return (1, mark | reject_mark)
+            return accept if act else drop
+
+        return handle
+
+    def _make_callback(self) -> Callable[[Any], None]:
+        """netfilterqueue's per-packet callback around ``_make_handler()``."""
+        handle = self._make_handler()
+        monotonic = time.monotonic
+        need_mark = (
+            self.cfg.policy.ctstate_mark
+            or any(r.action is Action.REJECT for r in self.ruleset.rules)
+            or self.ruleset.default is Action.REJECT
+        )
         daemon = self
 
         def callback(pkt: Any) -> None:
             try:
-                data = pkt.get_payload()
-                now = monotonic()
-                ct, d, _conn = process_ip(data, now)
-                if not daemon.active:
-                    pkt.drop()
-                    act = 0
+                v, m = handle(pkt.get_payload(), pkt.indev, pkt.get_mark() if need_mark else 0)
+                if m >= 0:
+                    pkt.set_mark(m)
+                if v:
+                    pkt.accept()
                 else:
-                    if ct == _DROPPED:  # the engine could not parse it: the fail mode decides
-                        daemon.errors["unparsed"] += 1
-                        act = fail_act
-                    else:
-                        act = decide(ct, d, names.get(pkt.indev), data, oif)
-                    if mark_on:
-                        m = (pkt.get_mark() & keep) | (bits[ct] << mark_shift)
-                        pkt.set_mark(m | reject_mark if act == 2 else m)
-                    elif act == 2:
-                        pkt.set_mark(pkt.get_mark() | reject_mark)
-                    if act:
+                    pkt.drop()
+            except Exception:
+                v = daemon._on_packet_error()
+                with contextlib.suppress(Exception):  # the verdict may already be given
+                    if v:
                         pkt.accept()
                     else:
                         pkt.drop()
-                actions[act] += 1
-                daemon.packets += 1
-                if daemon.watch_events:  # `conntrack -E` shows the state at the event
-                    daemon._fan_out_events(now)
-            except Exception:
-                now = monotonic()
-                daemon._packet_error(pkt, fail_act, now)
+            now = monotonic()
             if now >= daemon._next_service:
                 daemon._service(now, None)
 
         return callback
 
-    def _packet_error(self, pkt: Any, fail_act: int, now: float) -> None:
+    def _on_packet_error(self) -> int:
+        """Count an internal error; the fail-mode verdict (a passive node always drops)."""
         self.errors["callback"] += 1
-        self.packets += 1
+        now = time.monotonic()
         if now - self._last_error_log > 10.0:
             self._last_error_log = now
             log.error("packet handling failed (fail mode verdict):\n%s", traceback.format_exc())
-        try:
-            if fail_act and self.active:
-                pkt.accept()
-            else:
-                pkt.drop()
-            self.actions[1 if fail_act and self.active else 0] += 1
-        except Exception:  # the verdict was already given before the error
-            pass
+        v = 1 if self.cfg.queue.fail_open and self.active else 0
+        self.actions[v] += 1
+        return v
 
     def _service(self, now: float, readable: set[int] | None) -> None:
         """Housekeeping; raises _Stop when a stop was requested."""
@@ -574,6 +611,7 @@ class Daemon:
             "interfaces": {"data": list(cfg.interfaces.data), "sync": cfg.interfaces.sync},
             "queue": {
                 "num": cfg.queue.num,
+                "backend": cfg.queue.backend,
                 "fail": cfg.queue.fail,
                 "queued": qs.id_sequence if qs else None,
                 "waiting": qs.waiting if qs else None,

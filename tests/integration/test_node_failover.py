@@ -21,12 +21,18 @@ from collections.abc import Iterator
 
 import pytest
 
-from pmct.lab.scenario import Stream, conntrack_entries, pmct_cli, wait_for
+from pmct.lab.scenario import Stream, conntrack_entries, pmct_cli, queue_opts, wait_for
 from pmct.lab.topology import Lab
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
 
 PORT = 5555
+
+
+@pytest.fixture(params=["netfilterqueue", "netlink", "netlink-gso"])
+def backend(request: pytest.FixtureRequest) -> str:
+    """Every queue set-up must keep the stream (and the control must cut it)."""
+    return str(request.param)
 
 
 @pytest.fixture
@@ -51,9 +57,9 @@ def fail_fw_a(lab: Lab) -> None:
     lab.links_down("fw-a")
 
 
-def test_failover_keeps_an_established_tcp_stream(lab: Lab) -> None:
-    lab.start_node("fw-a", role="active", strict=True, tcp_loose=False)
-    lab.start_node("fw-b", role="passive", strict=True, tcp_loose=False)
+def test_failover_keeps_an_established_tcp_stream(lab: Lab, backend: str) -> None:
+    lab.start_node("fw-a", role="active", strict=True, tcp_loose=False, **queue_opts(backend))
+    lab.start_node("fw-b", role="passive", strict=True, tcp_loose=False, **queue_opts(backend))
     stream = Stream(lab, port=PORT)
     stream.wait_received(100, 100, timeout=30)
     entry = stream_entry(lab, "fw-b")
@@ -84,11 +90,11 @@ def test_failover_keeps_an_established_tcp_stream(lab: Lab) -> None:
     )
 
 
-def test_control_a_node_that_missed_the_handshake_cuts_the_stream(lab: Lab) -> None:
-    lab.start_node("fw-a", role="active", strict=True, tcp_loose=False)
+def test_control_a_node_that_missed_the_handshake_cuts_the_stream(lab: Lab, backend: str) -> None:
+    lab.start_node("fw-a", role="active", strict=True, tcp_loose=False, **queue_opts(backend))
     stream = Stream(lab, port=PORT)
     stream.wait_received(100, 100, timeout=30)
-    lab.start_node("fw-b", role="passive", strict=True, tcp_loose=False)
+    lab.start_node("fw-b", role="passive", strict=True, tcp_loose=False, **queue_opts(backend))
     # fw-b now sees the stream mid-way: with tcp_loose off every packet is INVALID to it
     wait_for(
         "fw-b to judge the stream invalid",

@@ -19,6 +19,7 @@ from pmct.lab.scenario import (
     conntrack_entries,
     pmct_cli,
     probe,
+    queue_opts,
     table_key,
     wait_for,
 )
@@ -37,6 +38,11 @@ def lab() -> Iterator[Lab]:
         yield lab
     finally:
         lab.down()
+
+
+@pytest.fixture(params=["netfilterqueue", "netlink", "netlink-gso"])
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 def start_servers(lab: Lab) -> None:
@@ -75,9 +81,11 @@ def curl(lab: Lab, path: str = "/") -> tuple[int, int]:
     return int(code or 0), int(size or 0)
 
 
-def test_traffic_through_fw_a_and_fw_b_tracks_the_same_table_silently(lab: Lab) -> None:
-    lab.start_node("fw-a", role="active")
-    lab.start_node("fw-b", role="passive")
+def test_traffic_through_fw_a_and_fw_b_tracks_the_same_table_silently(
+    lab: Lab, backend: str
+) -> None:
+    lab.start_node("fw-a", role="active", **queue_opts(backend))
+    lab.start_node("fw-b", role="passive", **queue_opts(backend))
     start_servers(lab)
     rx_before = {p: lab.port_rx(p) for p in ("lb", "wb")}
     caps = [Capture(lab, "lb"), Capture(lab, "wb")]
@@ -198,9 +206,9 @@ def test_stop_removes_everything_it_installed(lab: Lab) -> None:
     assert not before["nft"] and not before["iptables"]
 
 
-def test_reject_and_fail_closed(lab: Lab) -> None:
+def test_reject_and_fail_closed(lab: Lab, backend: str) -> None:
     extra = '[[policy.rule]]\nctstate = "new"\nin = "wan0"\nproto = "tcp"\naction = "reject"\n'
-    lab.start_node("fw-a", role="active", fail="closed", extra=extra)
+    lab.start_node("fw-a", role="active", fail="closed", extra=extra, **queue_opts(backend))
     # nothing new from the WAN: the client has no listener, but the firewall answers first
     p = lab.sh(
         "server",

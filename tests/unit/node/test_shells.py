@@ -269,3 +269,107 @@ def test_run_check_validates_the_config(tmp_path: Path) -> None:
     r = CliRunner().invoke(app, ["run", "--check", "--config", str(bad)])
     assert r.exit_code == 2
     assert "bad.toml:2: queue.num: must be between 0 and 65535, not -1" in r.output
+
+
+# ---------------------------------------------------------------------------- netlink backend
+
+
+class FakeNetlink:
+    """recv_into hands out prepared messages; send records what the queue answered."""
+
+    def __init__(self, messages: list[bytes]) -> None:
+        self.messages = list(messages)
+        self.sent: list[bytes] = []
+
+    def recv_into(self, buf: bytearray, nbytes: int = 0, flags: int = 0) -> int:
+        if not self.messages:
+            raise BlockingIOError
+        m = self.messages.pop(0)
+        buf[: len(m)] = m
+        return len(m)
+
+    def send(self, data: bytes) -> int:
+        self.sent.append(bytes(data))
+        return len(data)
+
+
+def nla(atype: int, payload: bytes) -> bytes:
+    n = 4 + len(payload)
+    return struct.pack("=HH", n, atype) + payload + b"\0" * (-n % 4)
+
+
+def packet_message(pkt_id: int, payload: bytes, indev: int = 2, mark: int = 0) -> bytes:
+    attrs = (
+        nla(1, struct.pack("!IHB", pkt_id, 0x0800, 0))  # NFQA_PACKET_HDR
+        + nla(3, struct.pack("!I", mark))  # NFQA_MARK
+        + nla(5, struct.pack("!I", indev))  # NFQA_IFINDEX_INDEV
+        + nla(10, payload)  # NFQA_PAYLOAD
+    )
+    body = struct.pack("!BBH", 2, 0, 0) + attrs
+    return struct.pack("=IHHII", 16 + len(body), (3 << 8) | 0, 0, 0, 0) + body
+
+
+def verdicts(sent: list[bytes]) -> list[tuple[str, int, int, int | None]]:
+    out = []
+    for m in sent:
+        _, mtype, *_ = struct.unpack_from("=IHHII", m)
+        kind = {(3 << 8) | 1: "one", (3 << 8) | 3: "batch"}[mtype]
+        verdict, pkt_id = struct.unpack_from("!II", m, 24)
+        mark = struct.unpack_from("!I", m, 36)[0] if len(m) > 32 else None
+        out.append((kind, pkt_id, verdict, mark))
+    return out
+
+
+def make_queue(messages: list[bytes], handler):  # type: ignore[no-untyped-def]
+    from pmct.node.nfqueue import NetlinkQueue
+
+    q = NetlinkQueue.__new__(NetlinkQueue)
+    q.num, q.handler, q.on_error, q.burst = 0, handler, lambda: 0, 256
+    q.batch_verdict, q.batches, q.enobufs = 1, 0, 0
+    q.sock = FakeNetlink(messages)  # type: ignore[assignment]
+    q._buf = bytearray(70000)
+    q._mv = memoryview(q._buf)
+    q._qbe = socket.htons(0)
+    return q
+
+
+def test_netlink_batch_verdicts_answer_every_packet_once() -> None:
+    seen: list[tuple[bytes, int, int]] = []
+
+    def handler(data: bytes, indev: int, mark: int) -> tuple[int, int]:
+        seen.append((data, indev, mark))
+        if data == b"drop":
+            return (0, -1)
+        if data == b"mark":
+            return (1, mark | 0x80000000)
+        return (1, -1)
+
+    payloads = [b"a", b"drop", b"b", b"mark", b"c", b"d"]
+    q = make_queue([packet_message(i + 10, p, mark=7) for i, p in enumerate(payloads)], handler)
+    q.drain()
+    assert [s[0] for s in seen] == payloads and {s[1:] for s in seen} == {(2, 7)}
+    assert verdicts(q.sock.sent) == [  # type: ignore[attr-defined]
+        ("one", 11, 0, None),  # the drop, at once
+        ("one", 13, 1, 0x80000007),  # accept with a mark, at once
+        ("batch", 15, 1, None),  # everything else up to id 15
+    ]
+
+
+def test_netlink_passive_batches_drops_and_errors_follow_on_error() -> None:
+    def handler(data: bytes, indev: int, mark: int) -> tuple[int, int]:
+        if data == b"boom":
+            raise RuntimeError("bug")
+        return (0, -1)
+
+    q = make_queue([packet_message(i, p) for i, p in enumerate([b"x", b"boom", b"y"])], handler)
+    q.batch_verdict = 0
+    q.on_error = lambda: 1  # a fail-open active node would accept
+    q.drain()
+    assert verdicts(q.sock.sent) == [("one", 1, 1, None), ("batch", 2, 0, None)]  # type: ignore[attr-defined]
+
+
+def test_netlink_ignores_non_packet_messages() -> None:
+    ack = struct.pack("=IHHIIi", 36, 2, 0, 0, 0, 0) + b"\0" * 16
+    q = make_queue([ack], lambda d, i, m: (1, -1))
+    q.drain()
+    assert q.sock.sent == []  # type: ignore[attr-defined]
