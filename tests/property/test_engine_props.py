@@ -17,7 +17,16 @@ from pktbuild import icmp4, tcp4, tcp6, udp4
 from pmct.conntrack.constants import CtState, Status
 from pmct.conntrack.core import Engine
 
-_TRACES = Path(__file__).resolve().parents[2].parent / "shared" / "traces"
+
+def _traces_dir() -> Path:
+    from pmct.fidelity import default_traces
+
+    traces = default_traces()
+    assert traces, "shared/traces not found beside the repository"
+    return traces[0].parent
+
+
+_TRACES = _traces_dir()
 
 
 def check_table(eng: Engine) -> None:

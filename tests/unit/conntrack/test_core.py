@@ -24,8 +24,13 @@ from pmct.conntrack.core import Engine, EventType
 from pmct.conntrack.keys import IPPROTO_TCP, decode_key, make_key
 from pmct.conntrack.settings import Settings
 
-NEW, EST, REL, INV, UNT = (CtState.NEW, CtState.ESTABLISHED, CtState.RELATED, CtState.INVALID,
-                           CtState.UNTRACKED)
+NEW, EST, REL, INV, UNT = (
+    CtState.NEW,
+    CtState.ESTABLISHED,
+    CtState.RELATED,
+    CtState.INVALID,
+    CtState.UNTRACKED,
+)
 
 
 def test_fast_path_key_is_the_tcp_key() -> None:
@@ -104,8 +109,7 @@ def test_icmp_error_with_wrong_outer_daddr_is_invalid() -> None:
     eng = Engine()
     probe = udp4(5000, 33434)
     eng.process_ip(probe, 0.0)
-    st, _, _ = eng.process_ip(icmp4_error(3, 3, probe, src="203.0.113.9", dst="203.0.113.7"),
-                              0.1)
+    st, _, _ = eng.process_ip(icmp4_error(3, 3, probe, src="203.0.113.9", dst="203.0.113.7"), 0.1)
     assert st == INV and eng.last_reason == "icmp error: outer daddr != inner"
 
 
@@ -194,8 +198,15 @@ def test_tcp_handshake_through_engine() -> None:
 
 def test_garbage_never_raises() -> None:
     eng = Engine()
-    for data in (b"", b"\x45", b"\x45" + bytes(39), b"\x60" + bytes(10), bytes(range(256)),
-                 b"\x4f" + bytes(60), b"\x45\x00\xff\xff" + bytes(36)):
+    for data in (
+        b"",
+        b"\x45",
+        b"\x45" + bytes(39),
+        b"\x60" + bytes(10),
+        bytes(range(256)),
+        b"\x4f" + bytes(60),
+        b"\x45\x00\xff\xff" + bytes(36),
+    ):
         st, _, _ = eng.process_ip(data, 0.0)
         assert st in (CtState.INVALID, CtState.DROPPED, CtState.HELD, CtState.NEW)
 
@@ -219,10 +230,9 @@ class _SlowPathEngine(Engine):
 
 
 def _traces() -> list:
-    from pathlib import Path
+    from pmct.fidelity import default_traces
 
-    root = Path(__file__).resolve().parents[3].parent / "shared" / "traces"
-    return sorted(p for p in root.glob("*.pcap*"))
+    return default_traces()
 
 
 def test_fast_path_equals_slow_path_on_every_trace() -> None:

@@ -23,6 +23,7 @@ from pmct.conntrack.constants import Status
 from pmct.conntrack.proto import sctp
 from pmct.conntrack.proto.base import IGNORE
 from pmct.conntrack.settings import Settings
+from pmct.fidelity import default_traces
 
 S = Settings()
 A = socket.inet_aton("192.0.2.1")
@@ -31,7 +32,7 @@ CONFIRMED = int(Status.CONFIRMED)
 SEEN_REPLY = int(Status.SEEN_REPLY)
 ASSURED = int(Status.ASSURED)
 
-TRACE = Path("/work/shared/traces/sctp.pcap")
+TRACE = next((p for p in default_traces() if p.name == "sctp.pcap"), Path("sctp.pcap"))
 ORACLE = Path(__file__).resolve().parents[2] / "data" / "oracle" / "sctp.pcap.tsv"
 
 # chunk types (RFC 4960 §3.2)
