@@ -44,8 +44,8 @@ from pmct.conntrack.keys import (
 )
 from pmct.conntrack.proto import generic, icmp, sctp, tcp, udp
 from pmct.conntrack.proto.base import IGNORE, KILL, REPEAT
-from pmct.conntrack.proto.tcp import error as _tcp_error
 from pmct.conntrack.proto.tcp import packet as _tcp_packet
+from pmct.conntrack.proto.tcp_table import VALID_BY_FLAG_BYTE as _TCP_VALID_FLAGS
 from pmct.conntrack.settings import Settings
 from pmct.conntrack.table import ConnTable
 from pmct.wire import parse_ip
@@ -74,10 +74,9 @@ _V_HELD: Final[Verdict] = (HELD, -1, None)
 _V_DROPPED: Final[Verdict] = (DROPPED, -1, None)
 _V_UNTRACKED: Final[Verdict] = (UNTRACKED, -1, None)
 
-# IPv4 without options: total length, fragment field, protocol.
-_V4_FAST: Final = struct.Struct("!2xH2xH1xB")
-# TCP: seq, ack, data offset + flags, window (after the ports).
-_TCP_FAST: Final = struct.Struct("!4xIIHH")
+# IPv4 without options (total length, fragment field, protocol) and the TCP header that
+# follows it (seq, ack, data offset + flags, window), in one unpack.
+_V4_TCP_FAST: Final = struct.Struct("!2xH2xH1xB10x4xIIHH")
 _PORTS: Final = struct.Struct("!HH")
 
 GC_INTERVAL: Final = 1.0  # seconds of packet time between expiry sweeps
@@ -124,7 +123,8 @@ class Engine:
         self._next_id = 1
         self._gc_due = 0.0
         self._get = self.table.index.get
-        self._checksum = self.settings.checksum
+        # the fast path skips tcp.error()'s checksum step, so it only runs when that is off
+        self._plain = not self.settings.checksum
 
     # ------------------------------------------------------------------ entry points
 
@@ -145,20 +145,22 @@ class Engine:
         # tracker code, so both paths give the same verdicts (tests/unit/conntrack/test_core.py
         # checks the equivalence on every trace).
         if len(data) >= 40 and data[0] == 0x45:
-            tot, frag, proto = _V4_FAST.unpack_from(data)
+            tot, frag, proto, seq, ack, off_flags, win = _V4_TCP_FAST.unpack_from(data)
             if proto == 6 and not frag & 0x3FFF and 40 <= tot <= len(data):
-                seq, ack, off_flags, win = _TCP_FAST.unpack_from(data, 20)
                 flags = off_flags & 0xFF
                 doff = (off_flags >> 12) << 2
                 key = data[12:24]
                 conn = self._get(key)
                 # The hot case, inlined: a live entry and an accepted packet. Anything else
-                # (new entry, INVALID, IGNORE, KILL, REPEAT, events on) takes _tcp/_finish.
+                # (new entry, INVALID, IGNORE, KILL, REPEAT, events on, checksums on) takes
+                # _tcp/_finish. The header checks are tcp.error()'s, written out.
                 if (
                     conn is not None
                     and conn.expires > now
+                    and 20 <= doff <= tot - 20
+                    and _TCP_VALID_FLAGS[flags]
+                    and self._plain
                     and self.events is None
-                    and _tcp_error(data, 20, tot - 20, flags, doff, self._checksum) is None
                 ):
                     d = 0 if key == conn.key else 1
                     r = _tcp_packet(
