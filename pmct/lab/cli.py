@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from typing import Annotated
 
 import typer
@@ -30,6 +31,7 @@ def up(
 ) -> None:
     """Build the lab and start fw-a (active) and fw-b (passive); `pmct lab down` removes it."""
     _need_root()
+    from pmct.lab.scenario import wait_for
     from pmct.lab.topology import CLIENT_IP, SERVER_IP, Lab, LabError
 
     old = Lab.current()
@@ -44,8 +46,13 @@ def up(
         lab.start(
             "http",
             "server",
-            ["python3", "-m", "http.server", "8080", "--bind", SERVER_IP],
+            [sys.executable, "-m", "pmct.lab.probe", "http", "--bind", SERVER_IP, "--port", "8080"],
             detach=True,
+        )
+        wait_for(
+            "the HTTP server",
+            lambda: "LISTEN" in lab.sh("server", ["ss", "-Hltn", "sport = :8080"]).stdout,
+            10,
         )
     except (LabError, OSError) as e:
         lab.down()
@@ -55,7 +62,8 @@ def up(
     typer.echo(
         f"lab {lab.prefix} is up: client {CLIENT_IP} -- fw-a (active) / fw-b (passive) -- "
         f"server {SERVER_IP}\n"
-        f"  ip netns exec {ns['client']} curl -s http://{SERVER_IP}:8080/ | head -3\n"
+        f"  ip netns exec {ns['client']} curl -so /dev/null -w '%{{http_code}}\\n' "
+        f"http://{SERVER_IP}:8080/\n"
         f"  pmct status -s {lab.socket('fw-a')}\n"
         f"  pmct conntrack -L -s {lab.socket('fw-b')}\n"
         f"  pmct promote -s {lab.socket('fw-b')}     (or: echo 1 > {lab.run_dir}/fw-b/role)\n"
