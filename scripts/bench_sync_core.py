@@ -4,9 +4,10 @@
 What is measured (numbers printed, nothing asserted):
 
 - encode: the master's walk, ``SyncProtocol.datagrams_to_send()`` until INITSYNC_DONE
-  (table lookup, record encoding, packet framing, HMAC, backlog), CPU seconds;
+  (table lookup, record encoding, packet framing, HMAC, backlog) and its handling of the ACKs,
+  CPU seconds;
 - decode+apply: the slave's ``receive_datagram()`` for every datagram (authentication, decoding,
-  in-order delivery, merge into an empty table), CPU seconds;
+  in-order delivery, merge into an empty table) and its ACKs, CPU seconds;
 - bytes per connection on the wire: UDP payload of every walk datagram (BEGIN, SYNC, DONE)
   divided by N, and the same plus 28 bytes of IPv4 + UDP header per datagram;
 - the throttled rate: a walk at ``--rate`` records/s driven by a simulated clock (the pacer
@@ -59,7 +60,7 @@ def run(n: int, *, hmac: bool, window: bool, use_dict: bool, gc_off: bool) -> di
         walk_burst_packets=1 << 30,
         backlog=1024,
     )
-    scfg = SyncConfig(2, frozenset({1}), hmac_key=key, reorder_limit=1 << 20)
+    scfg = SyncConfig(2, frozenset({1}), hmac_key=key)
     master = SyncProtocol(mcfg, mt, epoch=1, now=0.0, role=Role.MASTER)
     slave = SyncProtocol(scfg, st, epoch=2, now=0.0)
     for d in master.datagrams_to_send(now=0.0):
@@ -70,19 +71,34 @@ def run(n: int, *, hmac: bool, window: bool, use_dict: bool, gc_off: bool) -> di
     gc.collect()
     if gc_off:
         gc.disable()  # as pmct/bench.py does for the engine: measure the code, not the collector
+    enc = dec = 0.0
+    out: list[bytes] = []
     try:
-        t0 = time.process_time()
-        out = master.datagrams_to_send(now=0.0)
-        t1 = time.process_time()
-        for d in out:
-            slave.receive_datagram(d, now=0.001)
-        t2 = time.process_time()
+        # The walk waits for the slave's ACKs (flow control, docs/protocol.md §12): alternate
+        # like two hosts would, timing each side's CPU separately.
+        now = 0.0
+        while not slave.ready:
+            now += 0.001
+            t0 = time.process_time()
+            master.handle_timer(now=now)
+            batch = master.datagrams_to_send(now=now)
+            t1 = time.process_time()
+            for d in batch:
+                slave.receive_datagram(d, now=now)
+            slave.handle_timer(now=now)
+            back = slave.datagrams_to_send(now=now)
+            t2 = time.process_time()
+            for d in back:
+                master.receive_datagram(d, now=now)
+            t3 = time.process_time()
+            enc += (t1 - t0) + (t3 - t2)
+            dec += t2 - t1
+            out += batch
     finally:
         gc.enable()
     assert slave.ready and slave.stats["apply_inserted"] == n, slave.counters()
     walk = [d for d in out if d[1] in (3, 5, 6)]  # SYNC, BEGIN, DONE (announces excluded)
     payload = sum(map(len, walk))
-    enc, dec = t1 - t0, t2 - t1
     return {
         "n": n,
         "packets": len(walk),

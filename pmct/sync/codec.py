@@ -153,7 +153,7 @@ _SCALE_MAX: Final = 14  # RFC 7323 §2.3: shift count at most 14
 HEADER: Final = struct.Struct("!BBBBHHIII")
 _ANNOUNCE: Final = struct.Struct("!IIBBH")  # term, oldest, mode, reserved, reserved
 _INITSYNC: Final = struct.Struct("!HHI")  # target, reserved, request
-_NACK_HEAD: Final = struct.Struct("!HHI")  # target, count, target_epoch
+_NACK_HEAD: Final = struct.Struct("!HHII")  # target, count, target_epoch, ack
 _RANGE: Final = struct.Struct("!II")  # first, last (inclusive)
 _WALK: Final = struct.Struct("!II")  # walk, total | walk, sent
 _REC_HEAD: Final = struct.Struct("!BBH")  # message type, record flags, record length
@@ -369,15 +369,19 @@ def decode_initsync(body: bytes) -> InitSyncRequest:
 
 @dataclass(frozen=True, slots=True)
 class Nack:
+    """Missing ranges of a master's stream, and a cumulative ACK: every seq before ``ack``
+    was received. With no ranges it is a pure ACK (the walk's flow control, §12)."""
+
     target: int
     target_epoch: int
+    ack: int
     ranges: tuple[tuple[int, int], ...]  # inclusive (first, last), serial order
 
 
 def encode_nack(n: Nack) -> bytes:
-    if not 1 <= len(n.ranges) <= MAX_NACK_RANGES:
-        raise ValueError("NACK needs 1..128 ranges")
-    parts = [_NACK_HEAD.pack(n.target, len(n.ranges), n.target_epoch)]
+    if not 0 <= len(n.ranges) <= MAX_NACK_RANGES:
+        raise ValueError("NACK carries 0..128 ranges")
+    parts = [_NACK_HEAD.pack(n.target, len(n.ranges), n.target_epoch, n.ack)]
     parts.extend(_RANGE.pack(first, last) for first, last in n.ranges)
     return b"".join(parts)
 
@@ -385,8 +389,8 @@ def encode_nack(n: Nack) -> bytes:
 def decode_nack(body: bytes) -> Nack:
     if len(body) < _NACK_HEAD.size:
         raise _bad("nack: truncated")
-    target, count, epoch = _NACK_HEAD.unpack_from(body)
-    if not 1 <= count <= MAX_NACK_RANGES or len(body) != _NACK_HEAD.size + count * _RANGE.size:
+    target, count, epoch, ack = _NACK_HEAD.unpack_from(body)
+    if count > MAX_NACK_RANGES or len(body) != _NACK_HEAD.size + count * _RANGE.size:
         raise _bad("nack: bad range count")
     ranges = []
     for i in range(count):
@@ -394,7 +398,7 @@ def decode_nack(body: bytes) -> Nack:
         if (last - first) & _U32_MAX >= 0x8000_0000:
             raise _bad("nack: range runs backwards")
         ranges.append((first, last))
-    return Nack(target, epoch, tuple(ranges))
+    return Nack(target, epoch, ack, tuple(ranges))
 
 
 @dataclass(frozen=True, slots=True)

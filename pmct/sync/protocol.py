@@ -38,7 +38,7 @@ from typing import Final
 from pmct.conntrack.conn import Conn
 from pmct.conntrack.constants import Status
 from pmct.errors import ConfigError, MalformedMessage
-from pmct.serial import MASK32, after
+from pmct.serial import MASK32, after, before
 from pmct.sync.backlog import Backlog
 from pmct.sync.codec import (
     CT_TCP4_LEN,
@@ -134,6 +134,8 @@ STAT_NAMES: Final = (
     "mode_mismatch",
     "nack_sent",
     "nack_received",
+    "acks_sent",
+    "acks_received",
     "retransmitted",
     "retransmit_unavailable",
     "initsync_requests_sent",
@@ -141,6 +143,7 @@ STAT_NAMES: Final = (
     "walks_started",
     "walks_completed",
     "walks_received",
+    "walks_missed",
     "resyncs",
     "gap_fallbacks",
     "gap_overflow",
@@ -229,7 +232,10 @@ class SyncConfig:
     initsync_rate: float = 0.0  # records per second; 0 = unthrottled
     initsync_burst: int = 0  # records; 0 = one packet's worth
     walk_burst_packets: int = 64  # walk packets per datagrams_to_send() call
-    walk_timeout: float = 30.0  # a walk with no packet for this long is abandoned
+    walk_timeout: float = 30.0  # a walk with no packet (slave) / no ACK (master) for this long
+    walk_window: int = 0  # walk packets a requester may leave unacknowledged; 0 = backlog // 2
+    ack_every: int = 32  # a follower ACKs at least every this many stream packets ...
+    ack_delay: float = 0.02  # ... or this long after progress
     send_window: bool = False
     replay_window: int = 64
     refresh_interval: float = 1.0  # replicate: rolling refresh scan period
@@ -248,8 +254,10 @@ class SyncConfig:
             raise ConfigError("sync.hmac_key: at least 16 bytes")
         if not 576 <= self.max_datagram <= 65507:  # the largest record is < 500 bytes
             raise ConfigError("sync.max_datagram: 576..65507")
-        if self.backlog < 1 or self.reorder_limit < 1 or self.replay_window < 1:
-            raise ConfigError("sync.backlog / reorder_limit / replay_window: >= 1")
+        if self.backlog < 2 or self.reorder_limit < 1 or self.replay_window < 1:
+            raise ConfigError("sync.backlog >= 2, reorder_limit / replay_window >= 1")
+        if self.walk_window < 0 or self.walk_window > self.backlog or self.ack_every < 1:
+            raise ConfigError("sync.walk_window: 0..backlog; sync.ack_every >= 1")
         if self.initsync_rate < 0 or self.initsync_burst < 0:
             raise ConfigError("sync.initsync_rate / initsync_burst: >= 0")
         if min(self.announce_interval, self.nack_interval, self.initsync_retry) <= 0:
@@ -282,7 +290,7 @@ class _Following:
 class _Walk:
     """Master side of one init-sync walk (docs/protocol.md §12)."""
 
-    __slots__ = ("begun", "exps", "id", "keys", "pos", "sent", "started", "total")
+    __slots__ = ("begun", "exps", "first_seq", "id", "keys", "pos", "sent", "started", "total")
 
     def __init__(self, wid: int, keys: list[bytes], n_exps: int, now: float) -> None:
         self.id = wid
@@ -293,6 +301,7 @@ class _Walk:
         self.sent = 0
         self.started = now
         self.begun = False
+        self.first_seq = 0  # seq of INITSYNC_BEGIN
 
 
 class _WalkRx:
@@ -373,6 +382,10 @@ class SyncProtocol:
         self._pending_exp: list[ExpRecord | ExpDelete] = []
         self._pending_since: float | None = None
         self._walk: _Walk | None = None
+        self._walk_waiting: set[int] = set()  # nodes whose request the next walk serves
+        self._walk_for: dict[int, float] = {}  # requesters of this walk -> last ACK progress
+        self._acks: dict[int, int] = {}  # follower -> its cumulative ACK of our stream
+        self._walk_window = config.walk_window or config.backlog // 2
         self._walk_counter = 0
         self._pacer = Pacer(config.initsync_rate, self._burst, now)
         self._served: dict[int, int] = {}
@@ -388,6 +401,9 @@ class SyncProtocol:
         self._nack_due: float | None = None
         self._nack_wait = config.nack_interval
         self._nack_tries = 0
+        self._nack_exp = -1  # rx.expected when the last NACK went out
+        self._acked = 0  # the cumulative ACK we last sent
+        self._ack_due: float | None = None
         self._ctl: list[tuple[int, bytes]] = []
         self.sync_state = SyncState.UNSYNCED if config.initsync_on_start else SyncState.SYNCED
         self._request_id = 1
@@ -478,6 +494,8 @@ class SyncProtocol:
         self._announce_now = True
         self._announce_due = now + self.config.announce_interval
         self._walk = None
+        self._walk_waiting = set()
+        self._walk_for = {}
         self._served.clear()
         self._pending.clear()
         self._pending_exp.clear()
@@ -502,6 +520,8 @@ class SyncProtocol:
             return
         self.role = Role.SLAVE
         self._walk = None
+        self._walk_waiting = set()
+        self._walk_for = {}
         self._retx.clear()
         self._retx_seqs.clear()
         self._pending.clear()
@@ -607,6 +627,8 @@ class SyncProtocol:
         self.stats["peer_restarts"] += 1
         self._replay.pop(node, None)
         self._served.pop(node, None)
+        self._acks.pop(node, None)
+        self._walk_for.pop(node, None)
         f = self._following
         if f is not None and f.node == node:
             self._stop_following()
@@ -644,6 +666,8 @@ class SyncProtocol:
         self._nack_due = None
         self._nack_tries = 0
         self._nack_wait = self.config.nack_interval
+        self._acked = h.seq
+        self._ack_due = None
         self._replay.pop(h.node, None)
         self._events.append(MasterChanged(h.node, h.epoch, a.term))
         if MODE_NAMES[a.mode] != self.mode.name:
@@ -653,12 +677,11 @@ class SyncProtocol:
             state == SyncState.SYNCED and self.mode.initsync_on_master_change
         ):
             self._need_resync("master_changed", now)
-        elif state in (SyncState.UNSYNCED, SyncState.REQUESTED):
-            self._request_due = now  # same need, now with a known target
         self._stream(h, a, now)
 
     def _stop_following(self) -> None:
         self._following = None
+        self._ack_due = None
         self._rx = None
         self._offset = None
         self._nack_due = None
@@ -680,8 +703,12 @@ class SyncProtocol:
             self._offset = d
         item: _Item = (h, msg, now, d)
         if cls == SeqClass.TOO_FAR:
+            # Further ahead than we buffer: drop it, but remember that it exists; the NACKs
+            # ask for it again once the hole before it is filled (it is in the backlog).
             self.stats["gap_overflow"] += 1
-            self._give_up(h.seq, "gap_overflow", now)
+            rx.note_highest(h.seq)
+            self._gap_timer(now)
+            return
         if h.type == _ANNOUNCE:
             oldest = msg.oldest  # type: ignore[attr-defined]
             if after(oldest, self._master_oldest):
@@ -693,6 +720,12 @@ class SyncProtocol:
             # The master no longer holds what we miss: skip to what it holds, resync (§9).
             self._give_up(self._master_oldest, "gap_older_than_backlog", now)
         self._gap_timer(now)
+        if self._rx is rx and rx.expected != self._acked:
+            if (rx.expected - self._acked) & MASK32 >= self.config.ack_every:
+                self._send_nack([])
+                self.stats["acks_sent"] += 1
+            elif self._ack_due is None:
+                self._ack_due = now + self.config.ack_delay
 
     def _gap_timer(self, now: float) -> None:
         rx = self._rx
@@ -777,6 +810,12 @@ class SyncProtocol:
     def _walk_done(self, w: WalkDone, now: float) -> None:
         wr = self._walk_rx
         if wr is None or wr.id != w.walk:
+            if self.sync_state in (SyncState.UNSYNCED, SyncState.REQUESTED):
+                # The walk that answered our request began before we followed the stream
+                # (its BEGIN was lost to us): that request is spent, ask again at once.
+                self._request_id = (self._request_id + 1) & MASK32 or 1
+                self._request_due = now
+                self.stats["walks_missed"] += 1
             return
         purged = 0
         if self._purge is not None:
@@ -801,8 +840,10 @@ class SyncProtocol:
             return
         was_ready = self.ready
         self.stats["resyncs"] += 1
+        if self.sync_state in (SyncState.SYNCING, SyncState.SYNCED):
+            # a new need: a new request value (a walk already served the old one)
+            self._request_id = (self._request_id + 1) & MASK32 or 1
         self.sync_state = SYNC_TRANSITIONS[(self.sync_state, SyncEvent.NEED_RESYNC)]
-        self._request_id = (self._request_id + 1) & MASK32 or 1
         self._request_due = now
         self._walk_rx = None
         self._purge = None
@@ -823,14 +864,41 @@ class SyncProtocol:
         if self._served.get(h.node) == req.request:
             return  # a retry of a request this (or a finished) walk already answers
         self._served[h.node] = req.request
-        self._start_walk(now)
+        self._walk_waiting.add(h.node)
+        if self._walk is None:
+            self._start_walk(now)
+        # else: served by the next walk, right after this one: restarting the running walk
+        # for every new request could starve it forever on a lossy link.
 
     def _start_walk(self, now: float) -> None:
         self._walk_counter = (self._walk_counter + 1) & MASK32 or 1
         keys = [c.key for c in self.table.conns()]
         n_exps = len(self.table.expectations(now))
         self._walk = _Walk(self._walk_counter, keys, n_exps, now)
+        self._walk_for = dict.fromkeys(self._walk_waiting, now)
+        self._walk_waiting = set()
         self.stats["walks_started"] += 1
+
+    def _walk_blocked(self, now: float) -> bool:
+        """Flow control (§12): a requester has ``walk_window`` walk packets unacknowledged.
+
+        Without it an unthrottled walk outruns the backlog, and on a lossy link an early loss
+        could never be repaired. A requester that has not moved its ACK for ``walk_timeout``
+        is presumed gone and no longer holds the walk back.
+        """
+        w = self._walk
+        if w is None or not w.begun or not self._walk_for:
+            return False
+        for node, progress in list(self._walk_for.items()):
+            ack = self._acks.get(node)
+            if ack is None or before(ack, w.first_seq):
+                ack = w.first_seq
+            if (self._seq - ack) & MASK32 >= self._walk_window:
+                if now - progress > self.config.walk_timeout:
+                    del self._walk_for[node]
+                    continue
+                return True
+        return False
 
     def _on_nack(self, h: Header, nack: Nack, now: float) -> None:
         if (
@@ -839,6 +907,15 @@ class SyncProtocol:
             or nack.target_epoch != (self.epoch)
         ):
             self.drops["not_for_me"] += 1
+            return
+        node = h.node
+        old = self._acks.get(node)
+        if not after(nack.ack, self._seq) and (old is None or after(nack.ack, old)):
+            self._acks[node] = nack.ack
+            if node in self._walk_for:
+                self._walk_for[node] = now
+        if not nack.ranges:
+            self.stats["acks_received"] += 1
             return
         self.stats["nack_received"] += 1
         backlog = self._backlog
@@ -881,13 +958,15 @@ class SyncProtocol:
             if w is not None:
                 if not w.begun:
                     due.append(self._now)
+                elif self._walk_blocked(self._now):  # an ACK will unblock it, or a timeout
+                    due.append(min(self._walk_for.values()) + self.config.walk_timeout)
                 else:
                     remaining = max(1, w.total - w.sent)
                     due.append(max(self._now, self._pacer.next_time(min(self._burst, remaining))))
             if self._refresh_due is not None:
                 due.append(self._refresh_due)
         else:
-            for t in (self._nack_due, self._request_due):
+            for t in (self._nack_due, self._request_due, self._ack_due):
                 if t is not None:
                     due.append(t)
             if self._ctl:
@@ -920,14 +999,28 @@ class SyncProtocol:
             else:
                 f = self._following
                 assert f is not None
-                ranges = rx.missing(MAX_NACK_RANGES)
-                self._ctl.append((_NACK, encode_nack(Nack(f.node, f.epoch, tuple(ranges)))))
+                if rx.expected != self._nack_exp:  # progress since the last NACK
+                    self._nack_exp = rx.expected
+                    self._nack_tries = 0
+                    self._nack_wait = cfg.nack_interval
+                self._send_nack(rx.missing(MAX_NACK_RANGES))
                 self.stats["nack_sent"] += 1
                 self._nack_tries += 1
                 self._nack_due = now + self._nack_wait
                 self._nack_wait = min(self._nack_wait * 2.0, cfg.nack_max_interval)
+        if self._ack_due is not None and now >= self._ack_due:
+            self._ack_due = None
+            if rx is not None and self._following is not None and rx.expected != self._acked:
+                self._send_nack([])
+                self.stats["acks_sent"] += 1
         if self._request_due is not None and now >= self._request_due:
             if self.sync_state in (SyncState.UNSYNCED, SyncState.REQUESTED):
+                if self.sync_state == SyncState.REQUESTED:
+                    # A retry: no walk began in our stream since the last request. Perhaps the
+                    # request was lost, perhaps its walk began before we followed the master;
+                    # a fresh value makes the master serve it either way (at worst one more
+                    # walk, queued behind the running one).
+                    self._request_id = (self._request_id + 1) & MASK32 or 1
                 target = self._following.node if self._following is not None else 0
                 body = encode_initsync(InitSyncRequest(target, self._request_id))
                 self._ctl.append((_INITSYNC, body))
@@ -942,6 +1035,15 @@ class SyncProtocol:
         if wr is not None and now >= wr.last + cfg.walk_timeout:
             self._events.append(StreamReset("walk_stalled"))
             self._need_resync("walk_stalled", now)
+
+    def _send_nack(self, ranges: list[tuple[int, int]]) -> None:
+        """Queue a NACK with ``ranges`` (none: a pure ACK); it always carries our ACK."""
+        f, rx = self._following, self._rx
+        assert f is not None and rx is not None
+        nack = Nack(f.node, f.epoch, rx.expected, tuple(ranges))
+        self._ctl.append((_NACK, encode_nack(nack)))
+        self._acked = rx.expected
+        self._ack_due = None
 
     def _refresh_step(self, now: float) -> None:
         """Replicate master: look at the next slice of the table for refreshes (modes.py)."""
@@ -1064,6 +1166,7 @@ class SyncProtocol:
         if not w.begun:
             w.begun = True
             w.started = now
+            w.first_seq = self._seq
             out.append(self._emit(_BEGIN, encode_walk_begin(WalkBegin(w.id, w.total)), now))
         table = self.table
         pacer = self._pacer
@@ -1073,6 +1176,8 @@ class SyncProtocol:
         keys = w.keys
         nkeys = len(keys)
         for _ in range(self.config.walk_burst_packets):
+            if self._walk_blocked(now):
+                return
             remaining = w.total - w.sent
             allowance = pacer.available(now)
             if allowance < min(self._burst, max(remaining, 1)):
@@ -1118,6 +1223,8 @@ class SyncProtocol:
                 out.append(self._emit(_DONE, encode_walk_done(WalkDone(w.id, w.sent)), now))
                 self.stats["walks_completed"] += 1
                 self._walk = None
+                if self._walk_waiting:
+                    self._start_walk(now)
                 return
 
 

@@ -67,6 +67,9 @@ assert _CT_TCP4.size == CT_TCP4_LEN
 
 
 def _ms(seconds: float) -> int:
+    # DEVIATION(kernel): ctnetlink's CTA_TIMEOUT is u32 seconds; ct_sync carries u32 ms and
+    # saturates at ~49.7 days (kernel defaults top out at 5 days).
+    # pinned by tests/unit/sync/test_codec.py::test_timeout_saturates
     if seconds <= 0.0:
         return 0
     ms = int(seconds * 1000.0 + 0.5)  # nearest ms
@@ -101,6 +104,9 @@ def conn_to_record(conn: Conn, now: float, *, window: bool = False) -> CtRecord:
         conn.mark,
     )
     if conn.proto == IPPROTO_TCP:
+        # The kernel imports scales only when both directions negotiated scaling
+        # (nlattr_to_tcp()); the TCP tracker keeps both at 0 otherwise (tcp_init_sender(),
+        # RFC 7323), so sending them always imports the same values.
         rec.scale0 = conn.td_scale0
         rec.scale1 = conn.td_scale1
         if window:
@@ -115,6 +121,10 @@ def conn_to_record(conn: Conn, now: float, *, window: bool = False) -> CtRecord:
                 min(conn.retrans, 255),
             )
         else:
+            # DEVIATION(kernel): nlattr_to_tcp() imports the flags under the sender's mask as
+            # they are; without the window section the td_maxack words do not travel, so the
+            # flag that vouches for them must not either.
+            # pinned by tests/unit/sync/test_records.py::test_tcp_without_window_relearns
             rec.tflags0 = conn.tflags0 & ~MAXACK_SET
             rec.tflags1 = conn.tflags1 & ~MAXACK_SET
     elif conn.proto == IPPROTO_UDP and conn.stream_ts > now:

@@ -12,14 +12,13 @@ Rules:
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import Final, Generic, TypeVar
+from typing import Generic, TypeVar
 
-from pmct.serial import MASK32
+from pmct.serial import MASK32, after, before
 
 __all__ = ["ReplayWindow", "SeqClass", "StreamRx", "classify"]
 
 T = TypeVar("T")
-_HALF: Final = 0x8000_0000
 
 
 class SeqClass(IntEnum):
@@ -31,12 +30,11 @@ class SeqClass(IntEnum):
 
 def classify(seq: int, expected: int, buffered: dict[int, object], limit: int) -> SeqClass:
     """Where ``seq`` falls relative to the next expected seq (serial arithmetic)."""
-    ahead = (seq - expected) & MASK32
-    if ahead == 0:
+    if seq == expected:
         return SeqClass.IN_ORDER
-    if ahead >= _HALF or seq in buffered:
+    if before(seq, expected) or seq in buffered:
         return SeqClass.DUPLICATE
-    if ahead >= limit:
+    if (seq - expected) & MASK32 >= limit:  # distance ahead
         return SeqClass.TOO_FAR
     return SeqClass.AHEAD
 
@@ -62,7 +60,7 @@ class StreamRx(Generic[T]):
 
     def note_highest(self, seq: int) -> None:
         """``seq`` exists (it was received or announced): a hole up to it is a hole."""
-        if (seq - self.highest) & MASK32 < _HALF and (seq - self.expected) & MASK32 < _HALF:
+        if after(seq, self.highest) and not before(seq, self.expected):
             self.highest = seq & MASK32
 
     def accept(self, seq: int, item: T) -> list[T]:
@@ -86,18 +84,22 @@ class StreamRx(Generic[T]):
     @property
     def has_gap(self) -> bool:
         """Some seq between ``expected`` and ``highest`` has not arrived."""
-        return (self.highest - self.expected) & MASK32 < _HALF
+        return not before(self.highest, self.expected)
 
     def missing(self, max_ranges: int) -> list[tuple[int, int]]:
-        """The holes between ``expected`` and ``highest`` as inclusive (first, last) ranges."""
+        """The holes between ``expected`` and ``highest`` as inclusive (first, last) ranges,
+        limited to the ``limit`` seqs that can be buffered."""
         if not self.has_gap:
             return []
         exp = self.expected
-        span = (self.highest - exp) & MASK32
+        # only what could be buffered: seqs further ahead are asked for in a later round
+        span = min((self.highest - exp) & MASK32, self.limit - 1)
         offsets = sorted((s - exp) & MASK32 for s in self.pending)
         ranges: list[tuple[int, int]] = []
         start = 0
         for off in offsets:
+            if off > span:
+                break
             if off > start:
                 ranges.append(((exp + start) & MASK32, (exp + off - 1) & MASK32))
                 if len(ranges) == max_ranges:
@@ -111,12 +113,12 @@ class StreamRx(Generic[T]):
         """Give up on everything before ``seq`` (it is lost for good); return the deliverable
         items from ``seq`` on."""
         seq &= MASK32
-        if (seq - self.expected) & MASK32 >= _HALF:
+        if before(seq, self.expected):
             return []  # seq is not ahead: nothing to skip
-        for s in [s for s in self.pending if 0 < (seq - s) & MASK32 < _HALF]:
-            del self.pending[s]  # strictly before seq
+        for s in [s for s in self.pending if before(s, seq)]:
+            del self.pending[s]
         self.expected = seq
-        if (self.highest - seq) & MASK32 >= _HALF:
+        if before(self.highest, seq):
             self.highest = (seq - 1) & MASK32
         first = self.pending.pop(seq, None)
         if first is None:
@@ -140,8 +142,8 @@ class ReplayWindow:
 
     def check(self, seq: int) -> bool:
         """True (and remember it) if ``seq`` is fresh; False for a replay."""
-        ahead = (seq - self.highest) & MASK32
-        if ahead and ahead < _HALF:
+        if after(seq, self.highest):
+            ahead = (seq - self.highest) & MASK32
             self.bits = ((self.bits << ahead) | 1) & ((1 << self.size) - 1)
             self.highest = seq & MASK32
             return True

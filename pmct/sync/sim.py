@@ -168,10 +168,11 @@ def table_diff(
     """Differences between two tables in everything ct_sync carries (empty: converged).
 
     Deadlines may differ by ``tolerance`` seconds (one-way delay, ms rounding); everything
-    else must be equal.
+    else must be equal. Entries already expired at ``now`` are absent (the engine's table
+    treats them so; DictTable does not expire).
     """
-    va = {c.key: c for c in a.conns()}
-    vb = {c.key: c for c in b.conns()}
+    va = {c.key: c for c in a.conns() if c.expires > now}
+    vb = {c.key: c for c in b.conns() if c.expires > now}
     out = [f"only in first: {k.hex()}" for k in va.keys() - vb.keys()]
     out += [f"only in second: {k.hex()}" for k in vb.keys() - va.keys()]
     for k in va.keys() & vb.keys():

@@ -141,7 +141,8 @@ bodies = st.one_of(
         Nack,
         u16,
         u32,
-        st.lists(st.tuples(u32, st.integers(0, 2**31 - 1)), min_size=1, max_size=128).map(
+        u32,
+        st.lists(st.tuples(u32, st.integers(0, 2**31 - 1)), min_size=0, max_size=128).map(
             lambda rs: tuple((a, (a + n) & 0xFFFFFFFF) for a, n in rs)
         ),
     ).map(lambda b: (4, codec.encode_nack(b), b)),

@@ -35,6 +35,7 @@ class Pair:
             and rx is not None
             and not rx.has_gap
             and not rx.pending
+            and rx.expected == self.master._seq  # everything the master sent arrived
             and not self.master._pending
             and self.master._walk is None
         )

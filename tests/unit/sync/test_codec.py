@@ -203,7 +203,7 @@ def test_inverse_key_per_layout() -> None:
     [
         Announce(7, 0xFFFFFFFF, 1),
         InitSyncRequest(0, 99),
-        Nack(1, 5, ((1, 1), (0xFFFFFFFE, 3))),
+        Nack(1, 5, 77, ((1, 1), (0xFFFFFFFE, 3))),
         WalkBegin(1, 1000000),
         WalkDone(1, 999999),
     ],
@@ -347,11 +347,11 @@ def test_unknown_extension_is_skipped() -> None:
         (PacketType.MASTER_ANNOUNCE, struct.pack("!IIBBH", 1, 1, 0, 1, 0)),  # reserved
         (PacketType.SLAVE_INITSYNC, struct.pack("!HHI", 0, 1, 0)),
         (PacketType.SLAVE_INITSYNC, bytes(9)),
-        (PacketType.NACK, bytes(7)),
-        (PacketType.NACK, struct.pack("!HHI", 1, 0, 0)),  # zero ranges
-        (PacketType.NACK, struct.pack("!HHI", 1, 129, 0) + bytes(129 * 8)),
-        (PacketType.NACK, struct.pack("!HHIII", 1, 2, 0, 1, 2)),  # count says 2, has 1
-        (PacketType.NACK, struct.pack("!HHIII", 1, 1, 0, 5, 4)),  # backwards range
+        (PacketType.NACK, bytes(11)),
+        (PacketType.NACK, struct.pack("!HHII", 1, 0, 0, 0) + b"x"),  # trailing byte
+        (PacketType.NACK, struct.pack("!HHII", 1, 129, 0, 0) + bytes(129 * 8)),
+        (PacketType.NACK, struct.pack("!HHIIII", 1, 2, 0, 0, 1, 2)),  # count says 2, has 1
+        (PacketType.NACK, struct.pack("!HHIIII", 1, 1, 0, 0, 5, 4)),  # backwards range
         (PacketType.INITSYNC_BEGIN, bytes(7)),
         (PacketType.INITSYNC_DONE, bytes(9)),
     ],
@@ -363,7 +363,7 @@ def test_malformed_control_bodies(ptype: int, raw: bytes) -> None:
 
 def test_encoder_refuses_local_mistakes() -> None:
     with pytest.raises(ValueError):
-        codec.encode_nack(Nack(1, 1, ()))
+        codec.encode_nack(Nack(1, 1, 0, ((1, 1),) * 129))
     with pytest.raises(ValueError):
         codec.encode_ct_update(
             CtRecord(

@@ -58,7 +58,8 @@ def types(datagrams: list[bytes], key: bytes | None = None) -> list[str]:
         {"mode": "mirror"},
         {"hmac_key": b"short"},
         {"max_datagram": 100},
-        {"backlog": 0},
+        {"backlog": 1},
+        {"walk_window": 5000},
         {"initsync_rate": -1.0},
         {"announce_interval": 0.0},
     ],
@@ -106,7 +107,7 @@ def test_every_drop_reason_is_counted() -> None:
     s.receive_datagram(pkt(3, sync_body), now=0.0)  # not_master: nobody followed yet
     s.receive_datagram(pkt(3, sync_body), now=0.0)  # replay (same seq again)
     s.receive_datagram(pkt(3, sync_body, epoch=8), now=0.0)  # stale_epoch
-    s.receive_datagram(pkt(4, codec.encode_nack(Nack(2, 5, ((1, 1),))), seq=1001), now=0.0)
+    s.receive_datagram(pkt(4, codec.encode_nack(Nack(2, 5, 0, ((1, 1),))), seq=1001), now=0.0)
     s.receive_datagram(ann, now=0.0)  # follow node 1 from its announce
     s.receive_datagram(ann, now=0.0)  # duplicate
     nokey = SyncProtocol(cfg(2, {1}), DictTable(), epoch=5, now=0.0)
@@ -123,27 +124,36 @@ def test_malformed_detail_is_kept() -> None:
     assert s.malformed_detail == {"truncated header": 1}
 
 
-def test_master_answers_nack_with_the_original_bytes() -> None:
+def test_walk_flow_control_and_nack_service() -> None:
     t = DictTable()
-    for i in range(200):
+    for i in range(400):
         t.add(sample_conn(i))
-    m = SyncProtocol(cfg(1, {2}, backlog=4), t, epoch=7, now=0.0, role=Role.MASTER)
-    m.receive_datagram(
-        encode_datagram(
-            2, codec.encode_initsync(InitSyncRequest(0, 1)), node=2, epoch=3, seq=0, stamp=0
-        ),
-        now=0.0,
+    m = SyncProtocol(
+        cfg(1, {2}, backlog=4, announce_interval=100.0), t, epoch=7, now=0.0, role=Role.MASTER
     )
+
+    def from_slave(ptype: int, body: bytes, seq: int) -> None:
+        m.receive_datagram(encode_datagram(ptype, body, node=2, epoch=3, seq=seq, stamp=0), now=1.0)
+
+    from_slave(2, codec.encode_initsync(InitSyncRequest(0, 1)), 0)
     sent = m.datagrams_to_send(now=0.0)
-    assert types(sent)[:2] == ["MASTER_ANNOUNCE", "INITSYNC_BEGIN"]  # one announce for both
-    assert types(sent)[-1] == "INITSYNC_DONE"
+    # the requester may leave backlog // 2 = 2 walk packets unacknowledged
+    assert types(sent) == ["MASTER_ANNOUNCE", "INITSYNC_BEGIN", "SYNC"]
+    assert m.datagrams_to_send(now=0.0) == [] and m.get_timer() == 31.0  # blocked: ACK timeout
+    seq = 1
+    while types(sent)[-1] != "INITSYNC_DONE":
+        ack = decode_datagram(sent[-1])[0].seq + 1
+        from_slave(4, codec.encode_nack(Nack(1, 7, ack, ())), seq)  # a pure ACK
+        seq += 1
+        more = m.datagrams_to_send(now=1.0)
+        assert 1 <= len(more) <= 2
+        sent += more
+    assert m.stats["acks_received"] == seq - 1 and m.stats["nack_received"] == 0
     seqs = [decode_datagram(d)[0].seq for d in sent]
     assert seqs == list(range(len(sent)))
     last = len(sent) - 1
-    nack = Nack(1, 7, ((last - 1, last), (0, 0)))
-    m.receive_datagram(
-        encode_datagram(4, codec.encode_nack(nack), node=2, epoch=3, seq=1, stamp=0), now=1.0
-    )
+    nack = Nack(1, 7, 0, ((last - 1, last), (0, 0)))
+    from_slave(4, codec.encode_nack(nack), seq)
     again = m.datagrams_to_send(now=1.0)
     # seq 0 left the 4-packet backlog: an announce says what is still held, then the resends
     assert types(again) == ["MASTER_ANNOUNCE", "SYNC", "INITSYNC_DONE"]
@@ -151,14 +161,34 @@ def test_master_answers_nack_with_the_original_bytes() -> None:
     a = decode_body(PacketType.MASTER_ANNOUNCE, decode_datagram(again[0])[1])
     assert isinstance(a, Announce) and a.oldest == last + 1 - 3 and a.term == 7
     assert m.stats["retransmitted"] == 2 and m.stats["retransmit_unavailable"] == 1
-    # a NACK for another epoch of ours, or for another node, is not ours to answer
+    # a NACK for another epoch of ours is not ours to answer
+    from_slave(4, codec.encode_nack(Nack(1, 6, 0, ((0, 0),))), seq + 1)
+    assert m.drops["not_for_me"] == 1 and m.datagrams_to_send(now=1.0) == []
+
+
+def test_a_silent_requester_stops_holding_the_walk_back() -> None:
+    t = DictTable()
+    for i in range(400):
+        t.add(sample_conn(i))
+    m = SyncProtocol(
+        cfg(1, {2}, walk_timeout=5.0, announce_interval=100.0),
+        t,
+        epoch=7,
+        now=0.0,
+        role=Role.MASTER,
+        initial_seq=0xFFFFFFFE,
+    )
     m.receive_datagram(
         encode_datagram(
-            4, codec.encode_nack(Nack(1, 6, ((0, 0),))), node=2, epoch=3, seq=2, stamp=0
+            2, codec.encode_initsync(InitSyncRequest(0, 1)), node=2, epoch=3, seq=0, stamp=0
         ),
-        now=1.0,
+        now=0.0,
     )
-    assert m.drops["not_for_me"] == 1 and m.datagrams_to_send(now=1.0) == []
+    m._walk_window = 3
+    assert len(m.datagrams_to_send(now=0.0)) == 4  # announce, BEGIN, 2 walk packets
+    assert m.get_timer() == 5.0
+    m.handle_timer(now=5.1)
+    assert types(m.datagrams_to_send(now=5.1))[-1] == "INITSYNC_DONE"
 
 
 def test_slave_readiness_gate_and_request_retry() -> None:
@@ -171,7 +201,12 @@ def test_slave_readiness_gate_and_request_retry() -> None:
     assert s.sync_state == SyncState.REQUESTED and s.get_timer() == 10.5
     s.handle_timer(now=10.5)
     (req2,) = s.datagrams_to_send(now=10.5)
-    assert decode_body(PacketType.SLAVE_INITSYNC, decode_datagram(req2)[1]) == body  # same need
+    # a retry carries a new value: the master serves it even if an earlier walk answered
+    assert decode_body(PacketType.SLAVE_INITSYNC, decode_datagram(req2)[1]) == InitSyncRequest(0, 2)
+    dup = SyncProtocol(cfg(1, {2}), DictTable(), epoch=3, now=10.5, role=Role.MASTER)
+    dup.receive_datagram(req2, now=10.5)
+    dup.receive_datagram(req2, now=10.5)  # a duplicated datagram (same seq): a replay
+    assert dup.stats["walks_started"] == 1 and dup.drops["replay"] == 1
     t = DictTable()
     t.add(sample_conn(1))
     m = SyncProtocol(cfg(1, {2}), t, epoch=3, now=10.5, role=Role.MASTER)

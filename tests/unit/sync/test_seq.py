@@ -64,4 +64,12 @@ def test_replay_window() -> None:
     assert w.check(MASK32) and not w.check(MASK32)  # inside the window once
     assert not w.check(MASK32 - 2)  # older than the window
     assert w.check(0) and not w.check(0)
-    assert not w.check(0x8000_0001)  # half the space ahead counts as behind
+    assert not w.check(0x8000_0002)  # more than half the space ahead counts as behind
+
+
+def test_missing_only_asks_for_what_can_be_buffered() -> None:
+    rx: StreamRx[int] = StreamRx(MASK32 - 1, 4)
+    rx.note_highest(20)  # known to exist, far beyond the 4-seq buffer
+    assert rx.missing(8) == [(MASK32 - 1, 1)]  # expected .. expected + 3
+    rx.accept(MASK32, 1)
+    assert rx.missing(8) == [(MASK32 - 1, MASK32 - 1), (0, 1)]
