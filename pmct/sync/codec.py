@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import Final
@@ -797,7 +798,7 @@ def decode_records(body: bytes) -> list[Record]:
     return out
 
 
-_RECORD_DECODERS: Final = {
+_RECORD_DECODERS: Final[dict[int, Callable[[bytes, int, int, int], Record]]] = {
     MsgType.CT_UPDATE: _decode_ct_update,
     MsgType.CT_DELETE: _decode_ct_delete,
     MsgType.EXP_UPDATE: _decode_exp_update,
@@ -806,7 +807,7 @@ _RECORD_DECODERS: Final = {
 
 Body = Announce | InitSyncRequest | Nack | WalkBegin | WalkDone | list[Record]
 
-_BODY_DECODERS: Final = {
+_BODY_DECODERS: Final[dict[int, Callable[[bytes], Body]]] = {
     PacketType.MASTER_ANNOUNCE: decode_announce,
     PacketType.SLAVE_INITSYNC: decode_initsync,
     PacketType.SYNC: decode_records,
@@ -819,7 +820,7 @@ _BODY_DECODERS: Final = {
 def decode_body(ptype: int, body: bytes) -> Body:
     """Decode a packet body by type (the header was checked by decode_datagram)."""
     try:
-        return _BODY_DECODERS[ptype](body)  # type: ignore[no-any-return]
+        return _BODY_DECODERS[ptype](body)
     except MalformedMessage:
         raise
     except (struct.error, ValueError, UnicodeDecodeError, IndexError) as exc:  # belt and braces

@@ -157,7 +157,8 @@ class EngineTable:
             self.table._file(conn)
 
     def conns(self) -> Iterable[Conn]:
-        return iter(self.table)
+        it: Iterator[Conn] = iter(self.table)
+        return it
 
     def resolve_helper(self, name: str) -> Any:
         return name
