@@ -82,6 +82,10 @@ def fidelity(
     ftp_helper: Annotated[bool, typer.Option(help="FTP helper on, in pmct and the kernel")] = False,
     clock: Annotated[Clock, typer.Option(help="clock fed to pmct")] = Clock.paced,
     max_listed: Annotated[int, typer.Option(help="disagreements listed per trace; 0 = all")] = 200,
+    realtime: Annotated[
+        int,
+        typer.Option(help="run the oracle in real time, K times faster (0: as fast as possible)"),
+    ] = 0,
 ) -> None:
     """Compare pmct with the real kernel (kernel_oracle.py) packet by packet; write a report."""
     from pmct.fidelity import run_fidelity
@@ -95,6 +99,7 @@ def fidelity(
             ftp_helper=ftp_helper,
             clock=clock.value,
             max_listed=max_listed,
+            realtime=realtime,
         )
     except (RuntimeError, CaptureError) as e:
         _fail(str(e))

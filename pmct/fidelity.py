@@ -43,6 +43,7 @@ from typing import Final
 import dpkt
 
 from pmct import __version__
+from pmct.conntrack.settings import Settings, Timeouts
 from pmct.replay import Frame, Row, iter_frames, replay_capture
 from pmct.wire.link import ip_from_frame
 
@@ -194,10 +195,14 @@ def oracle_tsv(
     ftp_helper: bool = False,
     cache: Path | None = None,
     seed: bool = True,
+    realtime: int = 0,
 ) -> Path:
     """Path of the oracle's TSV for ``trace``: from the cache, a checked seed, or a fresh run.
 
     ``seed=False`` skips /tmp/oracle/, so with an empty ``cache`` the kernel really runs.
+    ``realtime=K`` runs the oracle with ``--realtime --speedup K``: packets paced by their
+    capture timestamps (K times faster, every conntrack timeout divided by K), so entries
+    expire in the kernel as they did on the wire.
 
     Raises:
         RuntimeError: the oracle must run but cannot (not root, script missing) or failed.
@@ -205,12 +210,13 @@ def oracle_tsv(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
     cache = cache or cache_root()
-    name = f"{trace_digest(trace)[:24]}-{mode}{'-ftp' if ftp_helper else ''}.tsv"
+    rt = f"-rt{realtime}" if realtime else ""
+    name = f"{trace_digest(trace)[:24]}-{mode}{'-ftp' if ftp_helper else ''}{rt}.tsv"
     out = cache / name
     if out.is_file():
         return out
     cache.mkdir(parents=True, exist_ok=True)
-    for d in _seed_dirs(mode, ftp_helper) if seed else []:
+    for d in _seed_dirs(mode, ftp_helper) if seed and not realtime else []:
         seed = d / f"{trace.name}.tsv"
         if seed.is_file():
             run = parse_oracle_tsv(seed.read_text())
@@ -237,6 +243,8 @@ def oracle_tsv(
         cmd.append("--bridge")
     if ftp_helper:
         cmd.append("--ftp-helper")
+    if realtime:
+        cmd += ["--realtime", "--speedup", str(realtime)]
     proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
     if proc.returncode != 0:
         part.unlink(missing_ok=True)
@@ -377,10 +385,23 @@ def trace_result(
     clock: str = "paced",
     cache: Path | None = None,
     capture_clock_too: bool = True,
+    realtime: int = 0,
 ) -> TraceResult:
-    """Run (or fetch) the oracle and pmct on one trace and compare them."""
-    run = parse_oracle_tsv(oracle_tsv(trace, mode, ftp_helper=ftp_helper, cache=cache).read_text())
-    rep = replay_capture(trace, ftp_helper=ftp_helper, clock=clock)
+    """Run (or fetch) the oracle and pmct on one trace and compare them.
+
+    With ``realtime=K`` the kernel replays at capture pace (K times faster, timeouts divided
+    by K) and pmct is fed the capture clock. One kernel delay is not scaled by the oracle:
+    UDP's 2 s "stream" rule (nf_conntrack_proto_udp.c stream_ts), so pmct's is set to 2*K s of
+    capture time to match what the kernel experienced.
+    """
+    oracle = oracle_tsv(trace, mode, ftp_helper=ftp_helper, cache=cache, realtime=realtime)
+    run = parse_oracle_tsv(oracle.read_text())
+    settings = None
+    if realtime:
+        clock = "capture"
+        capture_clock_too = False
+        settings = Settings(timeouts=Timeouts(udp_stream_after=2.0 * realtime))
+    rep = replay_capture(trace, ftp_helper=ftp_helper, clock=clock, settings=settings)
     res = compare(run.rows, rep.rows, trace.name)
     res.kernel = run.kernel
     if capture_clock_too and clock != "capture":
@@ -426,6 +447,7 @@ def render_report(
     ftp_helper: bool,
     max_listed: int = 200,
     command: str = "pmct fidelity",
+    realtime: int = 0,
 ) -> str:
     """The markdown report (docs/fidelity.md)."""
     total = sum(r.packets for r in results)
@@ -473,12 +495,24 @@ def render_report(
         "only on agreeing packets and reported separately; timeouts agree within 1 s (rounding "
         "of the entry read; see `timeout_agrees`)."
     )
-    w(
-        f"* Clock: pmct is fed the **{clock}** clock. The oracle replays as fast as possible, so "
-        "no timeout fires there; `paced` gives pmct the same condition (first timestamp + "
-        "frame index / 10,000 s). The `capture clock` column feeds the capture's own timestamps "
-        "instead: a lower figure there means entries that expire on the real wire's timing."
-    )
+    if realtime:
+        w(
+            f"* Clock: the oracle runs in **real time** (`--realtime --speedup {realtime}`): "
+            f"packets are paced by their capture timestamps, {realtime} times faster, with every "
+            "conntrack timeout divided by the same factor, so entries expire in the kernel as "
+            "they did on the wire. pmct is fed the capture timestamps with the kernel's "
+            "timeouts. The one kernel delay the oracle cannot scale, UDP's 2 s stream rule, is "
+            f"set to {2 * realtime} s of capture time in pmct to match."
+        )
+    else:
+        w(
+            f"* Clock: pmct is fed the **{clock}** clock. The oracle replays as fast as possible, "
+            "so no timeout fires there; `paced` gives pmct the same condition (first timestamp "
+            "+ frame index / 10,000 s). The `capture clock` column feeds the capture's own "
+            "timestamps instead: a lower figure there means entries that expire on the real "
+            "wire's timing (`--realtime K` compares that case against a kernel that expires "
+            "entries too)."
+        )
     w(
         "* Timeouts: the oracle reads the entry right after the packet (rounded down); for "
         "packets that do not refresh their entry it shows the time left on the earlier one."
@@ -569,6 +603,7 @@ def run_fidelity(
     cache: Path | None = None,
     max_listed: int = 200,
     progress: bool = True,
+    realtime: int = 0,
 ) -> list[TraceResult]:
     """Compare every trace, write the report to ``out`` (None: don't write), return results."""
     if not traces:
@@ -577,13 +612,18 @@ def run_fidelity(
         raise RuntimeError("no traces given and none found in shared/traces/ (or $PMCT_TRACES)")
     results = []
     for t in traces:
-        r = trace_result(Path(t), mode, ftp_helper=ftp_helper, clock=clock, cache=cache)
+        r = trace_result(
+            Path(t), mode, ftp_helper=ftp_helper, clock=clock, cache=cache, realtime=realtime
+        )
         if progress:
             print(f"{r.trace}: {r.agree}/{r.packets} {_pct(r.agree, r.packets)}", file=sys.stderr)
         results.append(r)
     if out is not None:
         cmd = f"pmct fidelity --mode {mode}{' --ftp-helper' if ftp_helper else ''}"
-        if clock != "paced":
+        if realtime:
+            cmd += f" --realtime {realtime}"
+            clock = "capture"
+        elif clock != "paced":
             cmd += f" --clock {clock}"
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(
@@ -594,6 +634,7 @@ def run_fidelity(
                 ftp_helper=ftp_helper,
                 max_listed=max_listed,
                 command=cmd,
+                realtime=realtime,
             )
         )
     return results

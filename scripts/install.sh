@@ -19,10 +19,10 @@ set -euo pipefail
 
 usage() { sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; }
 
-extras=""
+extras="[accel]"
 for arg in "$@"; do
     case "$arg" in
-        --test) extras="[test]" ;;
+        --test) extras="[test,accel]" ;;
         -h | --help) usage; exit 0 ;;
         *) echo "install.sh: unknown argument: $arg" >&2; usage >&2; exit 2 ;;
     esac
@@ -78,6 +78,13 @@ fi
 echo "install.sh: pip install -e $repo$extras"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check -e "$repo$extras"
 
+# --- 2b. compile the hot modules with mypyc (optional: pmct works interpreted if this fails) -----
+if "$venv/bin/python" "$repo/scripts/build_accel.py"; then
+    :
+else
+    echo "install.sh: warning: mypyc build failed, pmct runs interpreted (slower)" >&2
+fi
+
 # --- 3. pmct on PATH ---------------------------------------------------------------------------
 # Under CI (CI=true, a throw-away clone) a working link to another checkout is left alone, so a
 # CI run does not repoint the machine's pmct at a folder that is deleted afterwards.
@@ -97,7 +104,7 @@ for mod in ("dpkt", "typer", "pyroute2", "pmct"):
     importlib.import_module(mod)
 print(f"install.sh: ok: netfilterqueue {netfilterqueue.__file__}")
 EOF
-if [[ -n $extras ]]; then
+if [[ $extras == *test* ]]; then
     "$venv/bin/python" -c 'import pytest, hypothesis' && echo "install.sh: ok: test extras"
 fi
 echo "install.sh: pmct -> $(readlink /usr/local/bin/pmct)"

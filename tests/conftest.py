@@ -73,3 +73,17 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if os.environ.get("PMCT_REQUIRE_NETNS") == "1":
         pytest.fail(f"PMCT_REQUIRE_NETNS=1 but this root test cannot run: {why}", pytrace=False)
     pytest.skip(why)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to test stale compiled modules: they shadow the edited sources."""
+    from pmct.accel import stale_modules
+
+    stale = stale_modules()
+    if stale:
+        names = ", ".join(str(p) for p in stale)
+        pytest.exit(
+            f"compiled modules are older than their sources ({names}): "
+            "run `python3 scripts/build_accel.py` (or `--clean`) first",
+            returncode=2,
+        )

@@ -80,6 +80,31 @@ class Conn:
         "extra",  # dict for rare data (NAT binding, helper private data); None when unused
     )
 
+    # Declared for type checkers and mypyc (scripts/build_accel.py compiles the hot modules).
+    id: int
+    key: bytes
+    rkey: bytes
+    l3: int
+    proto: int
+    status: int
+    expires: float
+    state: int
+    mark: int
+    stream_ts: float
+    tw: array[int]
+    td_scale0: int
+    td_scale1: int
+    tflags0: int
+    tflags1: int
+    last_dir: int
+    last_index: int
+    last_wscale: int
+    last_flags: int
+    retrans: int
+    helper: Any
+    master: Any
+    extra: dict[str, Any] | None
+
     def __init__(self, cid: int, key: bytes, rkey: bytes, l3: int, proto: int) -> None:
         self.id = cid
         self.key = key
@@ -93,7 +118,7 @@ class Conn:
         self.stream_ts = 0.0
         self.helper = None
         self.master = None
-        self.extra: dict[str, Any] | None = None
+        self.extra = None
 
     @property
     def orig(self) -> Tuple:

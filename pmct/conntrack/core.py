@@ -182,7 +182,7 @@ class Engine:
                         if d:
                             if not status & _SEEN_REPLY:
                                 conn.status = status | _SEEN_REPLY
-                            v = (ESTABLISHED, 1, conn)
+                            v: Verdict = (ESTABLISHED, 1, conn)
                         elif status & _SEEN_REPLY:
                             v = (ESTABLISHED, 0, conn)
                         elif status & _EXPECTED:

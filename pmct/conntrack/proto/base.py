@@ -24,14 +24,14 @@ Outcomes (kernel return codes, as values instead of signed ints):
 
 from __future__ import annotations
 
-from typing import Final
-
 __all__ = ["IGNORE", "KILL", "REPEAT", "Outcome"]
 
-# Sentinels are interned strings compared by identity (``is``): cheap on the hot path and
-# printable in a debugger. They are never valid INVALID reasons.
-IGNORE: Final = "<ignore>"
-KILL: Final = "<kill>"
-REPEAT: Final = "<repeat>"
+# Sentinels are strings compared by identity (``is``): cheap on the hot path and printable in
+# a debugger. They are never valid INVALID reasons. Deliberately not ``Final``: mypyc inlines
+# Final constants as literals of its own, which would break the identity test between compiled
+# and interpreted modules (scripts/build_accel.py).
+IGNORE = "<ignore>"
+KILL = "<kill>"
+REPEAT = "<repeat>"
 
 Outcome = str | None

@@ -354,7 +354,7 @@ def error(data: bytes, l4off: int, l4len: int, checksum: bool) -> str | None:
     if checksum and not _crc_ok(data, l4off, end):
         return R_CRC
     cmap = _chunk_map(data, l4off, end)
-    if type(cmap) is str:
+    if isinstance(cmap, str):
         return cmap
     return None
 
@@ -410,7 +410,7 @@ def packet(
     if end < l4off + _HDR_LEN:
         return R_SHORT
     cmap = _chunk_map(data, l4off, end)
-    if type(cmap) is str:
+    if isinstance(cmap, str):
         return cmap
     vtag = _U32.unpack_from(data, l4off + 4)[0]
     confirmed = conn.status & _CONFIRMED

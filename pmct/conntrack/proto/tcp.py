@@ -448,7 +448,7 @@ def _ignored(
     flags: int,
     win: int,
     doff: int,
-) -> Outcome:
+) -> str:
     """The bookkeeping for a packet the table marks sIG (kernel, case TCP_CONNTRACK_IGNORE).
 
     Our entry may be out of sync with the endpoints. Such a packet is let through without a
@@ -671,7 +671,7 @@ def packet(
         plan = _special(
             conn, d, index, old_state, new_state, data, l4off, l4len, seq, ack, flags, win, doff, s
         )
-        if type(plan) is str:
+        if isinstance(plan, str):
             return plan
         old_state = plan & 0xF
         new_state = (plan >> 4) & 0xF
