@@ -61,7 +61,6 @@ class Conn:
         "status",
         "expires",
         "state",
-        "mark",
         "stream_ts",  # UDP: deadline after which the flow counts as a stream (kernel stream_ts)
         # --- TCP (kernel struct ip_ct_tcp) ---
         "tw",  # array('I'): see TW_FIELDS
@@ -74,10 +73,7 @@ class Conn:
         "last_wscale",
         "last_flags",
         "retrans",
-        # --- helpers / expectations ---
-        "helper",
-        "master",
-        "extra",  # dict for rare data (NAT binding, helper private data); None when unused
+        "extra",  # dict for rare data (mark, helper, master, NAT binding); None when unused
     )
 
     # Declared for type checkers and mypyc (scripts/build_accel.py compiles the hot modules).
@@ -89,7 +85,6 @@ class Conn:
     status: int
     expires: float
     state: int
-    mark: int
     stream_ts: float
     tw: array[int]
     td_scale0: int
@@ -101,8 +96,6 @@ class Conn:
     last_wscale: int
     last_flags: int
     retrans: int
-    helper: Any
-    master: Any
     extra: dict[str, Any] | None
 
     def __init__(self, cid: int, key: bytes, rkey: bytes, l3: int, proto: int) -> None:
@@ -114,11 +107,51 @@ class Conn:
         self.status = 0
         self.expires = 0.0
         self.state = 0
-        self.mark = 0
         self.stream_ts = 0.0
-        self.helper = None
-        self.master = None
         self.extra = None
+
+    # Rarely set attributes live in ``extra``: a slot costs 8 bytes on every one of a million
+    # connections, while a mark, a helper or a master is set on few of them.
+
+    def _get_extra(self, name: str, default: Any) -> Any:
+        extra = self.extra
+        return default if extra is None else extra.get(name, default)
+
+    def _set_extra(self, name: str, value: Any, default: Any) -> None:
+        extra = self.extra
+        if extra is None:
+            if value == default:
+                return
+            extra = self.extra = {}
+        if value == default:
+            extra.pop(name, None)
+        else:
+            extra[name] = value
+
+    @property
+    def mark(self) -> int:
+        return int(self._get_extra("mark", 0))
+
+    @mark.setter
+    def mark(self, value: int) -> None:
+        self._set_extra("mark", value, 0)
+
+    @property
+    def helper(self) -> Any:
+        return self._get_extra("helper", None)
+
+    @helper.setter
+    def helper(self, value: Any) -> None:
+        self._set_extra("helper", value, None)
+
+    @property
+    def master(self) -> Conn | None:
+        m: Conn | None = self._get_extra("master", None)
+        return m
+
+    @master.setter
+    def master(self, value: Conn | None) -> None:
+        self._set_extra("master", value, None)
 
     @property
     def orig(self) -> Tuple:

@@ -110,14 +110,15 @@ def test_sctp_vtags_travel() -> None:
 def test_helper_master_and_helper_data() -> None:
     master = sample_conn(6)
     c = sample_conn(7)
+    c.extra = {"helper_data": b"\x01\x02\x03"}  # first: helper and master live in extra too
     c.helper = "ftp"
     c.master = master
-    c.extra = {"helper_data": b"\x01\x02\x03"}
     (rec,) = decode_records(pack_conn(c, NOW))
     assert isinstance(rec, CtRecord)
     assert rec.helper == "ftp" and rec.master == master.key and rec.helper_data == b"\x01\x02\x03"
     r = new_conn(rec, NOW, resolve_master={master.key: master}.get, resolve_helper=str.upper)
-    assert r.master is master and r.helper == "FTP" and r.extra == {"helper_data": b"\x01\x02\x03"}
+    assert r.master is master and r.helper == "FTP"
+    assert r.extra is not None and r.extra["helper_data"] == b"\x01\x02\x03"
     r2 = new_conn(rec, NOW)  # nothing to resolve with: no master
     assert r2.master is None and r2.helper == "ftp"
 
@@ -139,7 +140,8 @@ def test_write_conn_overwrites_every_synced_field(window: bool) -> None:
     rec = conn_to_record(src, NOW, window=window)
     write_conn(dst, rec, NOW)
     assert conn_to_record(dst, NOW, window=window) == rec
-    assert dst.helper is None and dst.extra is None
+    assert dst.helper is None and dst.mark == 5
+    assert dst.extra == {"mark": 5}  # the mark lives in extra; the stale helper data is gone
     if not window:
         assert not has_window(dst)  # authoritative apply without window: relearn
 
