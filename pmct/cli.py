@@ -109,6 +109,40 @@ def fidelity(
     typer.echo(f"{agree}/{total} packets agree ({100.0 * agree / max(total, 1):.2f} %); {out}")
 
 
+# Benchmarks print numbers; they never assert on timing. Other modules add their own
+# sub-commands to ``bench_app`` (e.g. ``pmct bench sync``).
+bench_app = typer.Typer(help="Benchmarks: print numbers and ratios.", no_args_is_help=True)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("engine")
+def bench_engine(
+    traces: Annotated[
+        list[Path] | None, typer.Argument(help="captures (default: every one in shared/traces/)")
+    ] = None,
+    repeat: Annotated[int, typer.Option(help="runs per trace; the best counts")] = 3,
+    conns: Annotated[int, typer.Option(help="connections for the memory figure (0: skip)")] = (
+        1_000_000
+    ),
+) -> None:
+    """Engine packets/s on one core over real traces, and bytes per connection at scale."""
+    from pmct.accel import compiled_modules
+    from pmct.bench import bench_memory, bench_traces
+    from pmct.fidelity import default_traces
+
+    mode = "compiled (mypyc)" if compiled_modules() else "interpreted"
+    typer.echo(f"engine: {mode}")
+    runs = bench_traces(traces or default_traces(), repeat=repeat)
+    for r in runs:
+        typer.echo(f"{r.name:32} {r.packets:8} packets {r.pps:10.0f} packets/s")
+    if conns:
+        per_conn, seconds, n = bench_memory(conns)
+        typer.echo(
+            f"memory: {n} TCP connections (3-way handshake each) in {seconds:.1f} s: "
+            f"{per_conn:.0f} bytes of resident memory per connection"
+        )
+
+
 # The node's commands (run, status, conntrack, promote, demote, lab) live in pmct.node.cli.
 from pmct.node.cli import register as _register_node  # noqa: E402
 
