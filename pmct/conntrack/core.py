@@ -297,6 +297,15 @@ class Engine:
         self._next_id += 1
         return conn
 
+    def _resolve(
+        self, key: bytes, rkey: bytes, l3: int, proto: int, now: float
+    ) -> tuple[Conn | None, int, bool]:
+        """kernel resolve_normal_ct(): (entry, direction, is_new); entry None = table full."""
+        conn = self.table.get(key, now)
+        if conn is not None:
+            return conn, (0 if key == conn.key else 1), False
+        return self._alloc(key, rkey, l3, proto, now), 0, True
+
     def _finish(
         self, conn: Conn, d: int, r: str | None, is_new: bool, old_state: int, old_status: int
     ) -> Verdict:
@@ -404,16 +413,9 @@ class Engine:
         else:
             key = make_key(proto, pkt.src, pkt.dst)
             rkey = make_key(proto, pkt.dst, pkt.src)
-        conn = self.table.get(key, now)
+        conn, d, is_new = self._resolve(key, rkey, pkt.l3, proto, now)
         if conn is None:
-            conn = self._alloc(key, rkey, pkt.l3, proto, now)
-            if conn is None:
-                return _V_DROPPED
-            is_new = True
-            d = 0
-        else:
-            is_new = False
-            d = 0 if key == conn.key else 1
+            return _V_DROPPED
         old_state = conn.state
         old_status = conn.status
         r = tracker(conn, now, self.settings)
@@ -425,17 +427,10 @@ class Engine:
         if bad is not None:
             return self._invalid(bad)
         key = make_key(IPPROTO_SCTP, pkt.src, pkt.dst, pkt.sport, pkt.dport)
-        conn = self.table.get(key, now)
+        rkey = make_key(IPPROTO_SCTP, pkt.dst, pkt.src, pkt.dport, pkt.sport)
+        conn, d, is_new = self._resolve(key, rkey, pkt.l3, IPPROTO_SCTP, now)
         if conn is None:
-            rkey = make_key(IPPROTO_SCTP, pkt.dst, pkt.src, pkt.dport, pkt.sport)
-            conn = self._alloc(key, rkey, pkt.l3, IPPROTO_SCTP, now)
-            if conn is None:
-                return _V_DROPPED
-            is_new = True
-            d = 0
-        else:
-            is_new = False
-            d = 0 if key == conn.key else 1
+            return _V_DROPPED
         old_state = conn.state
         old_status = conn.status
         r = sctp.packet(conn, d, pkt.data, pkt.l4off, pkt.l4len, now, s)
