@@ -147,3 +147,8 @@ def bench_engine(
 from pmct.node.cli import register as _register_node  # noqa: E402
 
 _register_node(app)
+
+# `pmct study`: comparison studies (pmct.study.cli).
+from pmct.study.cli import register as _register_study  # noqa: E402
+
+_register_study(app)

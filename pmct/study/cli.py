@@ -1,0 +1,49 @@
+"""``pmct study STUDY.toml [--out DIR]``: run a comparison study (pmct.study).
+
+``register(app)`` adds the command to the main typer app (pmct/cli.py), like pmct.node.cli.
+Exit status: 0 done, 2 a usage problem (missing or invalid study file, times outside the
+traffic).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+__all__ = ["register"]
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def study(
+        study_file: Annotated[Path, typer.Argument(help="study definition (configs/studies/)")],
+        out: Annotated[
+            Path | None,
+            typer.Option("--out", "-o", help="results folder (default: ./study-<name>)"),
+        ] = None,
+        progress: Annotated[bool, typer.Option(help="progress bar on stderr")] = True,
+    ) -> None:
+        """Compare none / concurrent / concurrent+resync / replicate on the same traffic."""
+        from pmct.errors import ConfigError
+        from pmct.study.report import write_all
+        from pmct.study.runner import run_study
+        from pmct.study.spec import load_study
+
+        try:
+            spec = load_study(study_file)
+            result = run_study(spec, progress=progress)
+        except ConfigError as e:
+            typer.echo(f"pmct: {e}", err=True)
+            raise typer.Exit(2) from None
+        folder = out if out is not None else Path(f"study-{spec.name}")
+        command = "pmct " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        paths, why = write_all(result, folder, command=command)
+        typer.echo((folder / "summary.md").read_text())
+        for p in paths:
+            typer.echo(f"wrote {p}")
+        if why:
+            typer.echo(f"pmct: {why}", err=True)
