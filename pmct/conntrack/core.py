@@ -108,6 +108,9 @@ class Engine:
         self.defrag = Defragmenter()
         self.events: list[tuple[int, Conn]] | None = [] if events else None
         self.ftp_helper = ftp_helper
+        # NAT (issue 8): pmct.nat.alloc.Nat(...).bind gives each new entry its reply key
+        # before confirmation; None (the default) costs one test per new entry
+        self.nat_bind: Callable[[Conn, dict[bytes, Conn], float], str | None] | None = None
         self.last_reason: str | None = None
         self.invalid_reasons: dict[str, int] = {}
         self.verdicts = [0] * 7  # packets per CtState value
@@ -295,6 +298,13 @@ class Engine:
             return None
         conn = Conn(self._next_id, key, rkey, l3, proto)
         self._next_id += 1
+        nat_bind = self.nat_bind
+        if nat_bind is not None:
+            reason = nat_bind(conn, table.index, now)
+            if reason is not None:  # no free tuple: the kernel drops at confirmation
+                self.stats["drop"] += 1
+                self.last_reason = reason
+                return None
         return conn
 
     def _resolve(
