@@ -42,6 +42,7 @@ import dpkt
 from pmct.conntrack.conn import Conn
 from pmct.conntrack.constants import CTSTATE_NAMES, DIR_NAMES, TCP_STATE_NAMES, CtState, Status
 from pmct.conntrack.core import Engine
+from pmct.conntrack.expect import Expectation
 from pmct.conntrack.keys import (
     IPPROTO_DCCP,
     IPPROTO_GRE,
@@ -66,6 +67,7 @@ __all__ = [
     "Replay",
     "Row",
     "format_conntrack_line",
+    "format_expect_line",
     "format_table",
     "format_tsv",
     "iter_frames",
@@ -114,6 +116,8 @@ _PROTO_NAMES: Final = {
     IPPROTO_GRE: "gre",
 }
 _PORTED: Final = frozenset({IPPROTO_TCP, IPPROTO_UDP, IPPROTO_UDPLITE, IPPROTO_SCTP})
+# kernel NF_CT_EXPECT_PERMANENT / INACTIVE / USERSPACE, in libnetfilter_conntrack's order
+_EXPECT_FLAGS: Final = ((1, "PERMANENT"), (2, "INACTIVE"), (4, "USERSPACE"))
 
 
 # ---------------------------------------------------------------------------------- reading
@@ -340,9 +344,9 @@ def _addr(t: Tuple, b: bytes) -> str:
     return socket.inet_ntop(socket.AF_INET if t.l3 == 4 else socket.AF_INET6, b)
 
 
-def _tuple_text(t: Tuple) -> str:
+def _tuple_text(t: Tuple, src: str = "src", dst: str = "dst") -> str:
     """One direction, as libnetfilter_conntrack's __snprintf_address + __snprintf_proto."""
-    head = f"src={_addr(t, t.src)} dst={_addr(t, t.dst)}"
+    head = f"{src}={_addr(t, t.src)} {dst}={_addr(t, t.dst)}"
     if t.proto in _PORTED:
         return f"{head} sport={t.sport} dport={t.dport}"
     if t.proto in (IPPROTO_ICMP, IPPROTO_ICMPV6):
@@ -392,4 +396,33 @@ def format_conntrack_line(conn: Conn, now: float, *, use: int = 1, show_id: bool
     parts.append(f"use={use}")
     if show_id:
         parts.append(f"id={conn.id}")
+    return " ".join(parts)
+
+
+def format_expect_line(exp: Expectation, now: float) -> str:
+    """One expectation as ``conntrack -L expect`` prints it, e.g.
+
+    ``299 proto=6 src=198.51.100.2 dst=192.0.2.1 sport=0 dport=40001
+    mask-src=255.255.255.255 mask-dst=255.255.255.255 sport=0 dport=65535
+    master-src=192.0.2.1 master-dst=198.51.100.2 sport=40000 dport=21 class=0 helper=ftp``
+
+    Field order follows libnetfilter_conntrack's __snprintf_expect_default(): timeout (whole
+    seconds left, rounded down as ctnetlink_exp_dump_expect() does), protocol, the expected
+    tuple, the mask (ctnetlink_exp_dump_mask() sends the destination half as all ones), the
+    master's original tuple, flags, class, the master's helper.
+    """
+    left = max(0, int(exp.expires - now + 1e-6))
+    parts = [f"{left} proto={exp.proto}"]
+    parts.append(_tuple_text(Tuple(exp.l3, exp.proto, exp.src, exp.dst, exp.sport, exp.dport)))
+    ones = b"\xff" * len(exp.dst)
+    mask = Tuple(exp.l3, exp.proto, exp.src_mask, ones, exp.sport_mask, 0xFFFF)
+    parts.append(_tuple_text(mask, "mask-src", "mask-dst"))
+    parts.append(_tuple_text(exp.master.orig, "master-src", "master-dst"))
+    flags = [name for bit, name in _EXPECT_FLAGS if exp.flags & bit]
+    if flags:
+        parts.append(",".join(flags))
+    parts.append(f"class={exp.klass}")
+    helper = _helper_name(exp.master.helper)
+    if helper:
+        parts.append(f"helper={helper}")
     return " ".join(parts)

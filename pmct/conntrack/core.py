@@ -24,12 +24,14 @@ The core never reads a clock and does no I/O; ``now`` is seconds (monotonic or c
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from enum import IntEnum
 from typing import Final
 
 from pmct.conntrack.conn import Conn
 from pmct.conntrack.constants import CtState, Status
+from pmct.conntrack.expect import Expectation, ExpectTable, expect_max_for
+from pmct.conntrack.helpers import Helper, assignments, get_helper
 from pmct.conntrack.keys import (
     IPPROTO_GRE,
     IPPROTO_ICMP,
@@ -68,6 +70,7 @@ DROPPED: Final = int(CtState.DROPPED)
 _CONFIRMED: Final = int(Status.CONFIRMED)
 _SEEN_REPLY: Final = int(Status.SEEN_REPLY)
 _EXPECTED: Final = int(Status.EXPECTED)
+_HELPER: Final = int(Status.HELPER)
 
 _V_INVALID: Final[Verdict] = (INVALID, -1, None)
 _V_HELD: Final[Verdict] = (HELD, -1, None)
@@ -97,10 +100,19 @@ class Engine:
         settings: tunables (kernel sysctls); defaults are the kernel's.
         events: record table changes in ``self.events`` as ``(EventType, Conn)`` for the sync
             layer and ``conntrack -E``; off by default because it costs time per packet.
+            Expectation changes go to ``self.expect.events`` then (expect.py).
+        helpers: helper name -> ports, e.g. ``{"ftp": [21], "tftp": [69]}``: new entries to
+            those destination ports get the helper (an nft ``ct helper set`` rule; see
+            pmct/conntrack/helpers/). ``ftp_helper=True`` is short for FTP on TCP 21.
     """
 
     def __init__(
-        self, settings: Settings | None = None, *, events: bool = False, ftp_helper: bool = False
+        self,
+        settings: Settings | None = None,
+        *,
+        events: bool = False,
+        ftp_helper: bool = False,
+        helpers: Mapping[str, Iterable[int]] | None = None,
     ) -> None:
         self.settings = settings or Settings()
         self.table = ConnTable(self.settings.max_entries)
@@ -108,6 +120,12 @@ class Engine:
         self.defrag = Defragmenter()
         self.events: list[tuple[int, Conn]] | None = [] if events else None
         self.ftp_helper = ftp_helper
+        # helpers (issue 7): (l4proto, dport) -> helper for new entries, and the expectations
+        # the helpers create; both cost nothing per packet while empty
+        self.helper_ports: dict[tuple[int, int], Helper] = assignments(
+            helpers, ftp_helper=ftp_helper
+        )
+        self.expect = ExpectTable(expect_max_for(self.settings.max_entries), events=events)
         # NAT (issue 8): pmct.nat.alloc.Nat(...).bind gives each new entry its reply key
         # before confirmation; None (the default) costs one test per new entry
         self.nat_bind: Callable[[Conn, dict[bytes, Conn], float], str | None] | None = None
@@ -126,8 +144,11 @@ class Engine:
         self._next_id = 1
         self._gc_due = 0.0
         self._get = self.table.index.get
-        # the fast path skips tcp.error()'s checksum step, so it only runs when that is off
-        self._plain = not self.settings.checksum
+        # the fast path skips tcp.error()'s checksum step, so it only runs when that is off;
+        # with helpers configured it also skips entries that have one (status bit HELPER):
+        # their packets go through _tcp, which runs the helper
+        self._plain = not self.settings.checksum and not self.helper_ports
+        self._plain_nohelp = not self.settings.checksum
 
     # ------------------------------------------------------------------ entry points
 
@@ -162,7 +183,7 @@ class Engine:
                     and conn.expires > now
                     and 20 <= doff <= tot - 20
                     and _TCP_VALID_FLAGS[flags]
-                    and self._plain
+                    and (self._plain or (self._plain_nohelp and not conn.status & _HELPER))
                     and self.events is None
                 ):
                     d = 0 if key == conn.key else 1
@@ -210,6 +231,8 @@ class Engine:
         """Remove expired entries and fragment queues (the kernel's gc worker)."""
         self._gc_due = now + GC_INTERVAL
         self.defrag.expire(now)
+        if self.expect.count:
+            self.expect.expire(now)
         return self.table.expire(now)
 
     def drain_events(self) -> list[tuple[int, Conn]]:
@@ -298,6 +321,8 @@ class Engine:
             return None
         conn = Conn(self._next_id, key, rkey, l3, proto)
         self._next_id += 1
+        if self.helper_ports or self.expect.count:
+            self._new_helped(conn, now)
         nat_bind = self.nat_bind
         if nat_bind is not None:
             reason = nat_bind(conn, table.index, now)
@@ -361,8 +386,75 @@ class Engine:
         elif reason == "early_drop":
             self.stats["early_drop"] += 1
         self.stats["delete"] += 1
+        if self.expect.count:  # kernel nf_ct_remove_expectations(): they die with their master
+            self.expect.remove_master(conn)
         if self.events is not None:
             self.events.append((EventType.DESTROY, conn))
+
+    # ------------------------------------------------------------------ helpers (issue 7)
+
+    def _new_helped(self, conn: Conn, now: float) -> None:
+        """kernel init_conntrack(), expectation part, then the nft ``ct helper set`` rule."""
+        expect = self.expect
+        if expect.count:
+            exp = expect.find(conn.key, now)
+            if exp is not None:
+                # "Welcome, Mr. Bond.  We've been expecting you..."
+                master = exp.master
+                conn.status |= _EXPECTED
+                conn.master = master
+                mark = master.mark
+                if mark:
+                    conn.mark = mark
+                if exp.helper is not None:
+                    # DEVIATION(kernel): the kernel does not set IPS_HELPER here; pmct uses the
+                    # bit as "has a helper" to keep such entries off the fast path.
+                    conn.helper = exp.helper
+                    conn.status |= _HELPER
+                    exp.helper.attach(conn)
+        ports = self.helper_ports
+        if ports and not conn.status & _HELPER:
+            key = conn.key
+            helper = ports.get((conn.proto, (key[-2] << 8) | key[-1]))
+            if helper is not None:  # nft_ct_helper_obj_eval(): unconfirmed entries only
+                conn.helper = helper
+                conn.status |= _HELPER
+                helper.attach(conn)
+
+    def _help(
+        self, conn: Conn, d: int, data: bytes, start: int, end: int, seq: int, now: float
+    ) -> str | None:
+        """kernel nf_confirm(): the entry's helper sees an accepted packet (payload
+        ``data[start:end]``); returns a drop reason, or None."""
+        helper = conn.helper
+        if not isinstance(helper, Helper):
+            if not isinstance(helper, str):
+                return None
+            found = self.resolve_helper(helper)  # injected by name (ct_sync)
+            if found is None:
+                return None
+            conn.helper = helper = found
+        status = conn.status
+        if d or status & _SEEN_REPLY:  # ctinfo as resolve_normal_ct() set it
+            state = ESTABLISHED
+        elif status & _EXPECTED:
+            state = RELATED
+        else:
+            state = NEW
+        return helper.help(conn, d, state, data, start, end, seq, self.expect, now)
+
+    def resolve_helper(self, name: str) -> Helper | None:
+        """The helper called ``name`` (for ct_sync's ``resolve_helper``). Entries with a helper
+        may now appear in the table whatever the port configuration, so from here on the fast
+        path leaves them to _tcp (one status test per packet)."""
+        helper = get_helper(name)
+        if helper is not None:
+            self._plain = False
+        return helper
+
+    def expectations(self, now: float) -> list[Expectation]:
+        """The pending expectations (``conntrack -L expect``; replay.format_expect_line)."""
+        return self.expect.live(now)
 
     # ------------------------------------------------------------------ TCP
 
@@ -408,6 +500,8 @@ class Engine:
                 if not is_new:
                     self.table.delete(conn, "reopened")
                 continue
+            if conn.status & _HELPER and (r is None or r is IGNORE or r is KILL):
+                r = self._help(conn, d, data, l4off + doff, l4off + l4len, seq, now) or r
             return self._finish(conn, d, r, is_new, old_state, old_status)
         return self._invalid("tcp: repeated reopen")
 
@@ -429,6 +523,8 @@ class Engine:
         old_state = conn.state
         old_status = conn.status
         r = tracker(conn, now, self.settings)
+        if r is None and conn.status & _HELPER:  # UDP helpers (TFTP): payload after 8 bytes
+            r = self._help(conn, d, pkt.data, pkt.l4off + 8, pkt.l4off + pkt.l4len, 0, now)
         return self._finish(conn, d, r, is_new, old_state, old_status)
 
     def _sctp(self, pkt: Packet, now: float) -> Verdict:
