@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
 from pmct.conntrack.constants import Status
-from pmct.conntrack.keys import IPPROTO_TCP
+from pmct.conntrack.keys import IPPROTO_TCP, make_key
 
 if TYPE_CHECKING:
     from pmct.conntrack.conn import Conn
@@ -52,6 +52,7 @@ __all__ = [
     "EXP_NEW",
     "ExpectTable",
     "Expectation",
+    "expect_from_keys",
     "expect_init",
     "expect_max_for",
     "split_key",
@@ -148,6 +149,18 @@ class Expectation:
         """The master's helper (what ``conntrack -L expect`` names as ``helper=``)."""
         return self.master.helper
 
+    @property
+    def key(self) -> bytes:
+        """The expected tuple as a packed key (keys.py layout), as ct_sync carries it."""
+        return make_key(self.proto, self.src, self.dst, self.sport, self.dport)
+
+    @property
+    def mask_key(self) -> bytes:
+        """The mask in the same layout: the source half from the mask, the destination half
+        all ones (it always matches exactly; ctnetlink_exp_dump_mask() sends it that way)."""
+        ones = b"\xff" * len(self.dst)
+        return make_key(self.proto, self.src_mask, ones, self.sport_mask, 0xFFFF)
+
 
 def expect_init(
     master: Conn,
@@ -170,6 +183,33 @@ def expect_init(
     else:
         sp = sp_mask = 0
     return Expectation(l3, proto, src, src_mask, sp, sp_mask, daddr[:alen], dport, master, klass)
+
+
+def expect_from_keys(
+    master: Conn, key: bytes, mask: bytes, *, klass: int = 0, flags: int = 0
+) -> Expectation | None:
+    """The expectation a ct_sync record describes (tuple and mask as keys; the inverse of
+    ``Expectation.key`` / ``mask_key``), or None for keys that cannot be expected (no ports,
+    or key and mask of different layouts)."""
+    parts = split_key(key)
+    mparts = split_key(mask) if len(mask) == len(key) else None
+    if parts is None or mparts is None:
+        return None
+    proto, src, dst, sport, dport = parts
+    _, src_mask, _, sport_mask, _ = mparts
+    return Expectation(
+        4 if len(src) == 4 else 6,
+        proto,
+        bytes(x & m for x, m in zip(src, src_mask, strict=True)),
+        src_mask,
+        sport & sport_mask,
+        sport_mask,
+        dst,
+        dport,
+        master,
+        klass,
+        flags,
+    )
 
 
 def _same(a: Expectation, b: Expectation) -> bool:
@@ -324,6 +364,48 @@ class ExpectTable:
         if self.events is not None:
             self.events.append((EXP_NEW, exp))
         return None
+
+    def find_same(self, exp: Expectation) -> Expectation | None:
+        """The held expectation of the same master with the same tuple and mask, if any."""
+        for i in self._by_master.get(exp.master, ()):
+            if i.klass == exp.klass and _same(i, exp):
+                return i
+        return None
+
+    def insert_synced(
+        self,
+        exp: Expectation,
+        expires: float,
+        policy: ExpectPolicy | None,
+        now: float,
+        *,
+        authoritative: bool,
+    ) -> bool:
+        """Store an expectation received from the peer (ct_sync EXP_UPDATE; kernel: conntrackd
+        -> ctnetlink_create_expect() -> nf_ct_expect_related()). The local copy of the same
+        expectation is replaced when ``authoritative`` (the peer is the master), kept
+        otherwise; a clashing expectation of another master goes the same way. False when
+        nothing was stored."""
+        same = self.find_same(exp)
+        if same is not None:
+            if not authoritative:
+                return False
+            self._unlink(same)
+        bucket = self._index.get(_bucket(exp.proto, exp.dst, exp.dport))
+        for i in list(bucket or ()):
+            if i.master is not exp.master and _clash(i, exp):
+                if not authoritative:
+                    return False
+                self._unlink(i)
+        if self.related(exp, policy, now) is not None:
+            return False
+        # DEVIATION(kernel): nf_ct_expect_insert() restarts the helper policy's full timeout
+        # for an injected expectation; the peer's remaining time is the better estimate.
+        # pinned by tests/unit/conntrack/test_expect.py::test_synced_expectation_keeps_its_deadline
+        exp.expires = expires
+        if expires < self._due:
+            self._due = expires
+        return True
 
     def remove(self, exp: Expectation) -> bool:
         """kernel nf_ct_remove_expect() (ctnetlink delete, sync DELETE): False if not held."""

@@ -23,12 +23,15 @@ from typing import Any, Final
 
 from pmct.conntrack.conn import TW_FIELDS, Conn, new_tcp_window
 from pmct.conntrack.constants import Status
+from pmct.conntrack.expect import Expectation
 from pmct.conntrack.keys import IPPROTO_TCP, IPPROTO_UDP
 from pmct.sync.codec import (
     CT_TCP4_LEN,
     WINDOW_WORDS,
     CtDelete,
     CtRecord,
+    ExpDelete,
+    ExpRecord,
     MsgType,
     encode_ct_update,
 )
@@ -39,6 +42,8 @@ __all__ = [
     "SYNC_STATUS_MASK",
     "conn_to_record",
     "delete_record",
+    "exp_delete_record",
+    "exp_to_record",
     "has_window",
     "new_conn",
     "pack_conn",
@@ -301,3 +306,24 @@ def write_conn(
 def synced_view(conn: Conn, now: float, *, window: bool = False) -> CtRecord:
     """What a peer would learn about ``conn`` (tests compare tables through this)."""
     return conn_to_record(conn, now, window=window)
+
+
+def exp_to_record(exp: Expectation, now: float) -> ExpRecord:
+    """EXP_UPDATE for a pending expectation (docs/protocol.md §4.5): tuple and mask as keys,
+    the master's orig key, the time left from ``now``; ``helper`` is the master's helper, as
+    ctnetlink's dump names it (CTA_EXPECT_HELP_NAME)."""
+    return ExpRecord(
+        exp.proto,
+        exp.key,
+        exp.mask_key,
+        exp.master.key,
+        _ms(exp.expires - now),
+        exp.flags & 0xFFFF,
+        exp.klass & 0xFF,
+        _helper_name(exp.master.helper) or "",
+    )
+
+
+def exp_delete_record(exp: Expectation) -> ExpDelete:
+    """EXP_DELETE for an expectation that was used, timed out or died with its master."""
+    return ExpDelete(exp.proto, exp.key, exp.mask_key, exp.master.key)

@@ -15,7 +15,9 @@ from typing import Any, Protocol
 
 from pmct.conntrack.conn import Conn
 from pmct.conntrack.constants import Status
+from pmct.conntrack.expect import expect_from_keys
 from pmct.sync.codec import ExpDelete, ExpRecord
+from pmct.sync.records import exp_to_record
 
 __all__ = ["DictTable", "EngineTable", "SyncTable"]
 
@@ -161,13 +163,41 @@ class EngineTable:
         return it
 
     def resolve_helper(self, name: str) -> Any:
-        return name
+        # the engine's helper object (it also routes helper entries off the fast path); the
+        # bare name when no helper of that name exists here
+        helper = self.engine.resolve_helper(name)
+        return name if helper is None else helper
 
     def expectations(self, now: float) -> list[ExpRecord]:
-        return []  # the engine has no expectation table yet
+        return [exp_to_record(e, now) for e in self.engine.expectations(now)]
 
     def apply_expect(self, rec: ExpRecord, base: float, *, authoritative: bool) -> bool:
-        return False
+        # kernel ctnetlink_create_expect(): the master must exist here (else -ENOENT)
+        master = self.table.get(rec.master, base)
+        if master is None:
+            return False
+        exp = expect_from_keys(master, rec.key, rec.mask, klass=rec.cls, flags=rec.flags)
+        if exp is None:
+            return False
+        helper = master.helper
+        policies = getattr(helper, "policies", ())
+        policy = policies[exp.klass] if exp.klass < len(policies) else None
+        expires = base + rec.timeout_ms / 1000.0
+        return bool(
+            self.engine.expect.insert_synced(
+                exp, expires, policy, base, authoritative=authoritative
+            )
+        )
 
     def delete_expect(self, rec: ExpDelete) -> bool:
+        master = self.table.get(rec.master, float("-inf"))
+        if master is None:
+            return False
+        exp = expect_from_keys(master, rec.key, rec.mask)
+        if exp is None:
+            return False
+        table = self.engine.expect
+        for held in table.of_master(master):
+            if held.key == exp.key and held.mask_key == exp.mask_key:
+                return bool(table.remove(held))
         return False

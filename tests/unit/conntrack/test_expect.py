@@ -20,6 +20,7 @@ from pmct.conntrack.expect import (
     EXPECT_PERMANENT,
     Expectation,
     ExpectTable,
+    expect_from_keys,
     expect_init,
     expect_max_for,
     split_key,
@@ -332,3 +333,55 @@ def test_live_lists_in_creation_order(n: int) -> None:
     for e in reversed(es):
         assert t.related(e, ONE, 0.0) is None
     assert t.live(1.0) == list(reversed(es))
+
+
+# ---------------------------------------------------------------------------------- ct_sync
+
+
+@pytest.mark.parametrize("v6", [False, True])
+def test_key_and_mask_key_round_trip(v6: bool) -> None:
+    m = _master()
+    src, dst = (B6, A6) if v6 else (B, A)
+    for sport in (None, 20):
+        for saddr in (src, None):
+            e = expect_init(m, 0, 6 if v6 else 4, saddr, dst, 17, sport, 5000)
+            back = expect_from_keys(m, e.key, e.mask_key)
+            assert back is not None
+            assert (back.l3, back.proto, back.src, back.src_mask, back.sport, back.sport_mask) == (
+                e.l3,
+                e.proto,
+                e.src,
+                e.src_mask,
+                e.sport,
+                e.sport_mask,
+            )
+            assert (back.dst, back.dport) == (e.dst, e.dport)
+    assert expect_from_keys(m, make_key(50, A, B), make_key(50, A, B)) is None
+    assert expect_from_keys(m, make_key(6, A, B, 1, 2), make_key(6, A6, B6, 1, 2)) is None
+
+
+def test_synced_expectation_keeps_its_deadline() -> None:
+    """DEVIATION(kernel): the peer's remaining time, not a fresh policy timeout."""
+    t = ExpectTable(events=True)
+    m = _master()
+    e = _exp(m, 5000)
+    assert t.insert_synced(e, 123.0, ONE, 100.0, authoritative=True)
+    assert list(t) == [e] and e.expires == 123.0
+    assert t.live(122.9) == [e] and t.live(123.0) == []
+    assert t.expire(123.0) == 1
+
+
+def test_synced_expectation_against_a_local_one() -> None:
+    t = ExpectTable()
+    m1, m2 = _master(1), _master(2)
+    local = _exp(m1, 5000)
+    assert t.related(local, ONE, 0.0) is None
+    same = _exp(m1, 5000)
+    assert not t.insert_synced(same, 50.0, ONE, 0.0, authoritative=False)
+    assert list(t) == [local]
+    assert t.insert_synced(same, 50.0, ONE, 0.0, authoritative=True)
+    assert list(t) == [same]
+    clash = _exp(m2, 5000)  # another master, same tuple
+    assert not t.insert_synced(clash, 60.0, ONE, 0.0, authoritative=False)
+    assert t.insert_synced(clash, 60.0, ONE, 0.0, authoritative=True)
+    assert list(t) == [clash]

@@ -30,8 +30,8 @@ from pktbuild import ACK, PSH, SYN, tcp4, tcp6
 
 from pmct.conntrack.conn import Conn
 from pmct.conntrack.constants import CtState, Status
-from pmct.conntrack.core import Engine
-from pmct.conntrack.expect import ExpectTable
+from pmct.conntrack.core import Engine, EventType
+from pmct.conntrack.expect import EXP_NEW, ExpectTable
 from pmct.conntrack.helpers.base import ESTABLISHED, NEW
 from pmct.conntrack.helpers.ftp import (
     EXTRA_KEY,
@@ -52,6 +52,11 @@ from pmct.replay import (
     iter_frames,
     replay_capture,
 )
+from pmct.sync.codec import ExpRecord, PacketType, decode_body, encode_exp_update
+from pmct.sync.protocol import Role, SyncConfig, SyncProtocol
+from pmct.sync.records import conn_to_record, exp_delete_record, exp_to_record, new_conn
+from pmct.sync.sim import SimNet
+from pmct.sync.table import EngineTable
 from pmct.wire import parse_ip
 
 DATA = Path(__file__).resolve().parents[2] / "data"
@@ -787,6 +792,116 @@ def test_helper_looks_only_at_established_packets() -> None:
         assert FTP.help(conn, 0, int(state), data, 40, len(data), 0, exp, 0.0) is None
     assert FTP.help(conn, 0, ESTABLISHED, data, 40, 40, 0, exp, 0.0) is None  # no payload
     assert ftp_info(conn).seqs == ([], [])
+
+
+# ---------------------------------------------------------------------------------- ct_sync
+
+
+def _feed_master(eng: Engine, proto: SyncProtocol, now: float) -> None:
+    """What the node's sync shell does for a replicate master: engine events to the core."""
+    for etype, conn in eng.drain_events():
+        if etype == EventType.DESTROY:
+            proto.local_delete(conn, now=now)
+        else:
+            proto.local_update(conn, now=now)
+    for kind, exp in eng.expect.drain_events():
+        rec = exp_to_record(exp, now) if kind == EXP_NEW else exp_delete_record(exp)
+        proto.local_expect(rec, now=now)
+
+
+@pytest.mark.parametrize("mode", ["concurrent", "replicate"])
+def test_failover_in_the_middle_of_an_ftp_session(mode: str) -> None:
+    """Issue 7: after a failover mid-session, a data connection opened after it is RELATED on
+    the new master, one already running continues, and the first command after it is read
+    (SEQ_PICKUP: the control entry arrives without the helper's private data)."""
+    a = Engine(ftp_helper=True, events=True)
+    b = Engine(ftp_helper=True)
+    out: list[bytes] = []
+    ctl = _Ctl(out, 42000)
+    ctl.login()
+    ctl.client(b"PORT " + _hp(C4, 52001) + b"\r\n")
+    running = [
+        tcp4(20, 52001, SYN, 100, src=S4, dst=C4),
+        tcp4(52001, 20, SYN | ACK, 900, 101, src=C4, dst=S4),
+        tcp4(20, 52001, ACK, 101, 901, src=S4, dst=C4),
+    ]
+    for pkt in out + running:
+        a.process_ip(pkt, 1.0)
+    ctl.client(b"PASV\r\n")
+    pasv = ctl.server(b"227 Entering Passive Mode (" + _hp(S4, 52002) + b")\r\n")
+    for pkt in out[len(out) - 4 : pasv]:  # PASV and its ACK: before the pair starts
+        a.process_ip(pkt, 1.0)
+    net = SimNet(seed=7, now=1.0)
+    cfg = {"mode": mode}
+    master = net.add(
+        SyncProtocol(
+            SyncConfig(1, frozenset({2}), **cfg),  # type: ignore[arg-type]
+            EngineTable(a),
+            epoch=1,
+            now=1.0,
+            role=Role.MASTER,
+        )
+    )
+    slave = net.add(
+        SyncProtocol(
+            SyncConfig(2, frozenset({1}), **cfg),  # type: ignore[arg-type]
+            EngineTable(b),
+            epoch=2,
+            now=1.0,
+        )
+    )
+    a.drain_events()
+    a.expect.drain_events()
+    net.run(3.0, stop=lambda: slave.ready and net.in_flight == 0)
+    assert slave.ready
+    # the 227 reply arrives after the walk: streamed live (replicate) or seen by both
+    # engines on the wire (concurrent: the standby tracks too, and picks up the reply)
+    for pkt in out[pasv:]:
+        a.process_ip(pkt, 3.5)
+        if mode == "concurrent":
+            b.process_ip(pkt, 3.5)
+    _feed_master(a, master, 3.5)
+    net.run(5.0, stop=lambda: net.in_flight == 0 and not master._pending_exp)
+    assert sorted(e.dport for e in b.expectations(5.0)) == [52002]
+    [control] = [c for c in b.table if c.status & Status.HELPER]
+    assert control.helper is FTP  # resolved from the record's name
+    # failover: b sees the traffic now
+    data = [
+        tcp4(20, 52001, PSH | ACK, 101, 901, src=S4, dst=C4, payload=b"d" * 500),
+        tcp4(52001, 20, ACK, 901, 601, src=C4, dst=S4),
+    ]
+    assert [b.process_ip(p, 6.0)[:2] for p in data] == [(EST, 0), (EST, 1)]
+    st_, d, conn = b.process_ip(tcp4(43000, 52002, SYN, 1, src=C4, dst=S4), 6.0)
+    assert (st_, d) == (REL, 0) and conn is not None and conn.master is control
+    port = b"PORT " + _hp(C4, 52003) + b"\r\n"
+    assert b.process_ip(ctl._pkt(True, ACK | PSH, ctl.cseq, ctl.sseq, port), 6.1)[0] == EST
+    st_, _, _ = b.process_ip(tcp4(20, 52003, SYN, 1, src=S4, dst=C4), 6.2)
+    assert st_ == REL
+
+
+def test_expectation_records_round_trip_through_the_codec() -> None:
+    a = Engine(ftp_helper=True)
+    b = Engine(ftp_helper=True)
+    _, master = _pending_port(a, 42100, 52100)
+    ta, tb = EngineTable(a), EngineTable(b)
+    [rec] = ta.expectations(10.0)
+    assert rec.helper == "ftp" and rec.master == master.key and rec.timeout_ms == 290_000
+    wire = encode_exp_update(rec)
+    [back] = decode_body(PacketType.SYNC, wire)  # type: ignore[misc]
+    assert back == rec
+    assert not tb.apply_expect(back, 10.0, authoritative=True)  # no master there yet
+    tb.insert(new_conn(conn_to_record(master, 10.0), 10.0, resolve_helper=tb.resolve_helper), 10.0)
+    assert tb.apply_expect(back, 10.0, authoritative=True)
+    [exp] = b.expectations(10.0)
+    assert exp.expires == pytest.approx(300.0) and exp.master.key == master.key
+    assert format_expect_line(exp, 10.0) == format_expect_line(a.expectations(10.0)[0], 10.0)
+    # a non-authoritative copy keeps the local one; an authoritative one replaces it
+    later = ExpRecord(rec.proto, rec.key, rec.mask, rec.master, 100_000, 0, 0, "ftp")
+    assert not tb.apply_expect(later, 20.0, authoritative=False)
+    assert tb.apply_expect(later, 20.0, authoritative=True)
+    assert [e.expires for e in b.expectations(20.0)] == [120.0]
+    assert tb.delete_expect(exp_delete_record(b.expectations(20.0)[0]))
+    assert b.expectations(20.0) == [] and not tb.delete_expect(exp_delete_record(exp))
 
 
 # ---------------------------------------------------------------------------------- kernel
