@@ -978,11 +978,14 @@ def _shared_trace(name: str) -> Path | None:
 
 
 FTP_TRACES = sorted(p.name[: -len(".tsv")] for p in GOLDEN.glob("*.tsv"))
+LOCAL = CASES_PCAP.parent
 
 
 @pytest.mark.parametrize("name", [n for n in FTP_TRACES if n != CASES_PCAP.name])
-def test_public_ftp_traces_agree_with_the_kernel(name: str) -> None:
-    trace = _shared_trace(name)
+def test_ftp_traces_agree_with_the_kernel(name: str) -> None:
+    """The public FTP captures, and ftp_real_curl.pcap (curl against pyftpdlib in two
+    namespaces, recorded by record_ftp_curl.sh): every packet as the kernel said."""
+    trace = LOCAL / name if (LOCAL / name).is_file() else _shared_trace(name)
     if trace is None:
         pytest.skip(f"{name} not found in shared/traces (or $PMCT_TRACES)")
     kernel = _golden(name)
@@ -995,6 +998,15 @@ def test_public_ftp_traces_agree_with_the_kernel(name: str) -> None:
     assert related == sum(1 for r in rep.rows if r.ctstate == "related")
 
 
+def test_real_curl_session_relates_every_data_connection() -> None:
+    """EPSV, PASV, EPSV listing, EPRT |1|, PORT, EPSV over IPv6, EPRT |2|, active IPv6
+    listing: eight data connections, each RELATED on its first packet."""
+    rep = replay_capture(LOCAL / "ftp_real_curl.pcap", ftp_helper=True, clock="paced")
+    assert sum(r.ctstate == "related" for r in rep.rows) == 8
+    assert sum(r.ctstate == "new" for r in rep.rows) == 8  # the control connections
+    assert rep.engine.expectations(rep.now) == []
+
+
 def test_golden_set_is_complete() -> None:
     assert {
         "ftp_pasv_retr.pcap",
@@ -1005,6 +1017,7 @@ def test_golden_set_is_complete() -> None:
         "frag_ftp_port.pcap",
         "mix_office.pcap",
         CASES_PCAP.name,
+        "ftp_real_curl.pcap",
     } <= set(FTP_TRACES)
 
 
