@@ -100,7 +100,8 @@ class Engine:
         settings: tunables (kernel sysctls); defaults are the kernel's.
         events: record table changes in ``self.events`` as ``(EventType, Conn)`` for the sync
             layer and ``conntrack -E``; off by default because it costs time per packet.
-            Expectation changes go to ``self.expect.events`` then (expect.py).
+            Expectation changes are recorded separately, once a consumer that drains them
+            sets ``self.expect.events = []`` (expect.py; ct_sync's EXPECT stream).
         helpers: helper name -> ports, e.g. ``{"ftp": [21], "tftp": [69]}``: new entries to
             those destination ports get the helper (an nft ``ct helper set`` rule; see
             pmct/conntrack/helpers/). ``ftp_helper=True`` is short for FTP on TCP 21.
@@ -125,7 +126,7 @@ class Engine:
         self.helper_ports: dict[tuple[int, int], Helper] = assignments(
             helpers, ftp_helper=ftp_helper
         )
-        self.expect = ExpectTable(expect_max_for(self.settings.max_entries), events=events)
+        self.expect = ExpectTable(expect_max_for(self.settings.max_entries))
         # NAT (issue 8): pmct.nat.alloc.Nat(...).bind gives each new entry its reply key
         # before confirmation; None (the default) costs one test per new entry
         self.nat_bind: Callable[[Conn, dict[bytes, Conn], float], str | None] | None = None

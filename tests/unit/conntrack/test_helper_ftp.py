@@ -559,6 +559,17 @@ def test_ftp_helper_flag_is_ftp_on_21() -> None:
     assert Engine(ftp_helper=True).helper_ports == Engine(helpers={"ftp": [21]}).helper_ports
 
 
+def test_expectation_events_only_for_a_consumer_that_asked() -> None:
+    """Engine(events=True) feeds conntrack -E; expectation events would pile up unread there
+    (a standby stores the peer's expectations too), so they are recorded only on request."""
+    eng = Engine(ftp_helper=True, events=True)
+    _pending_port(eng, 41900, 51900)
+    assert eng.expect.events is None and eng.expect.drain_events() == []
+    eng.expect.events = []
+    eng.process_ip(tcp4(20, 51900, SYN, 1, src=S4, dst=C4), 1.0)
+    assert [k for k, _ in eng.expect.drain_events()] == [3]  # used up: EXP_DESTROY
+
+
 def test_unknown_helper_or_bad_port_is_a_config_error() -> None:
     with pytest.raises(ValueError, match="unknown conntrack helper"):
         Engine(helpers={"sip": [5060]})
@@ -815,6 +826,7 @@ def test_failover_in_the_middle_of_an_ftp_session(mode: str) -> None:
     the new master, one already running continues, and the first command after it is read
     (SEQ_PICKUP: the control entry arrives without the helper's private data)."""
     a = Engine(ftp_helper=True, events=True)
+    a.expect.events = []  # the sync shell's job: record expectation changes, and drain them
     b = Engine(ftp_helper=True)
     out: list[bytes] = []
     ctl = _Ctl(out, 42000)
