@@ -59,6 +59,7 @@ ROLES: Final = ("active", "passive")
 FAIL_MODES: Final = ("open", "closed")
 BACKENDS: Final = ("netfilterqueue", "netlink")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
+CLUSTER_MODES: Final = ("hub", "multicast-mac")
 _IFNAME: Final = re.compile(r"^[^\s/:]{1,15}$")  # kernel dev_valid_name(): < IFNAMSIZ, no / : ws
 _MAC: Final = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
@@ -94,6 +95,10 @@ class ClusterInterface:
 
 @dataclass(frozen=True, slots=True)
 class ClusterConfig:
+    # "hub": both nodes wear the same unicast cluster MAC (the segment must flood: a hub);
+    # "multicast-mac": own MACs, the cluster MAC is a multicast one the neighbours learn via ARP
+    # (a learning switch floods it to both nodes; netlink.py Links.set_mac, netfilter.py ClusterMac)
+    mode: str = "hub"
     promisc: bool = True
     gratuitous_arp: bool = True
     interfaces: tuple[ClusterInterface, ...] = ()
@@ -363,8 +368,11 @@ def _interfaces(ctx: _Ctx, d: Any) -> InterfacesConfig:
 
 
 def _cluster(ctx: _Ctx, d: Any, data_ifaces: tuple[str, ...]) -> ClusterConfig:
-    d = _table(ctx, d, "cluster", ("promisc", "gratuitous_arp", "interface"))
+    d = _table(ctx, d, "cluster", ("mode", "promisc", "gratuitous_arp", "interface"))
     kw: dict[str, Any] = {}
+    mode = "hub"
+    if "mode" in d:
+        mode = kw["mode"] = _str(ctx, d["mode"], "cluster.mode", CLUSTER_MODES)
     for k in ("promisc", "gratuitous_arp"):
         if k in d:
             kw[k] = _bool(ctx, d[k], f"cluster.{k}")
@@ -384,9 +392,18 @@ def _cluster(ctx: _Ctx, d: Any, data_ifaces: tuple[str, ...]) -> ClusterConfig:
                 mac = _str(ctx, sub["mac"], f"{p}.mac").lower()
                 if not _MAC.match(mac):
                     raise ctx.error(f"{p}.mac", f"{mac!r} is not a MAC address (aa:bb:cc:dd:ee:ff)")
-                if int(mac[:2], 16) & 1:
+                multicast = bool(int(mac[:2], 16) & 1)
+                if mode == "hub" and multicast:
                     raise ctx.error(
-                        f"{p}.mac", "must be a unicast MAC (lowest bit of the first byte 0)"
+                        f"{p}.mac",
+                        "must be a unicast MAC (lowest bit of the first byte 0) with "
+                        'cluster.mode = "hub"; a multicast cluster MAC needs "multicast-mac"',
+                    )
+                if mode == "multicast-mac" and not multicast:
+                    raise ctx.error(
+                        f"{p}.mac",
+                        "must be a multicast MAC (lowest bit of the first byte 1, e.g. "
+                        '"03:00:00:c1:00:01") with cluster.mode = "multicast-mac"',
                     )
             addrs: list[str] = []
             if "addresses" in sub:
@@ -400,7 +417,15 @@ def _cluster(ctx: _Ctx, d: Any, data_ifaces: tuple[str, ...]) -> ClusterConfig:
                         ipaddress.ip_interface(s)
                     except ValueError:
                         raise ctx.error(ap, f"{s!r} is not an address with prefix length") from None
+                    if mode == "multicast-mac" and ipaddress.ip_interface(s).version == 6:
+                        # Only ARP replies can be rewritten to the cluster MAC (an nft arp
+                        # chain); IPv6 neighbour advertisements would carry the node's own MAC.
+                        raise ctx.error(
+                            ap, 'IPv6 cluster addresses need cluster.mode = "hub" (ARP only)'
+                        )
                     addrs.append(s)
+            if mode == "multicast-mac" and not mac:
+                raise ctx.error(p, 'needs a mac with cluster.mode = "multicast-mac"')
             out.append(ClusterInterface(name, mac, tuple(addrs)))
         kw["interfaces"] = tuple(out)
     return ClusterConfig(**kw)
@@ -699,6 +724,14 @@ data = ["lan0", "wan0"]
 sync = ""
 
 [cluster]
+# How both nodes receive every frame for the cluster:
+#   "hub"           both nodes wear the same unicast cluster MAC on a segment that floods
+#                   every frame (a hub, or a bridge with ageing 0); a learning switch would
+#                   send the traffic to one node only.
+#   "multicast-mac" each node keeps its own MAC and joins a multicast cluster MAC (e.g.
+#                   03:00:00:c1:00:01); ARP from the cluster addresses names that MAC, so a
+#                   learning switch floods the cluster's frames to both nodes (IPv4 only).
+mode = "hub"
 # Promiscuous mode on the data interfaces, so the node also sees frames not addressed to it.
 promisc = true
 # On promote, announce the cluster addresses (gratuitous ARP / unsolicited neighbour
@@ -708,6 +741,7 @@ gratuitous_arp = true
 #
 #   [cluster.interface.lan0]
 #   mac = "02:00:00:c1:00:01"          # both nodes use the same MAC (on a hub)
+#                                      # ("03:00:00:c1:00:01" with mode = "multicast-mac")
 #   addresses = ["198.18.1.1/24"]      # added at start, removed at exit
 #
 # An interface without an entry keeps its own MAC and addresses.

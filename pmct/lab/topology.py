@@ -13,6 +13,11 @@ both firewalls receive everything: measurements.md §6 "A"), ``stp_state 0`` and
 ``mcast_snooping 0``. The firewalls' data interfaces start with no address and their own MAC;
 ``pmct run`` gives both the same cluster MAC and addresses (configs/node-a.toml).
 
+``Lab(switched=True)`` is the switched-ethernet variant: both bridges are ordinary learning
+switches (``ageing_time`` 300 s) and the firewalls run ``cluster.mode = "multicast-mac"``:
+they keep their own MACs and answer ARP for the cluster addresses with a multicast cluster MAC
+(LAN_MCAST_MAC, WAN_MCAST_MAC), which the switch floods to both (measurements.md §6 "B").
+
 Rules:
 1. Namespace names are unique per run (``pmct<pid>-<node>``) and every namespace, process and
    file the lab makes is removed by ``down()``, which also runs when ``up()`` fails half-way
@@ -44,6 +49,9 @@ LAN_GW: Final = "198.18.1.1"
 WAN_GW: Final = "198.18.2.1"
 LAN_MAC: Final = "02:00:00:c1:00:01"
 WAN_MAC: Final = "02:00:00:c1:00:02"
+LAN_MCAST_MAC: Final = "03:00:00:c1:00:01"  # switched variant: multicast cluster MACs
+WAN_MCAST_MAC: Final = "03:00:00:c1:00:02"
+SWITCH_AGEING: Final = "30000"  # centiseconds: 300 s, the Linux bridge default
 FIREWALLS: Final = ("fw-a", "fw-b")
 NODES: Final = ("client", "hub", "fw-a", "fw-b", "server")
 # Hub ports (in the hub namespace) and who is on the other end.
@@ -96,8 +104,11 @@ class _Proc:
 class Lab:
     """Build, use and remove the lab. Use as a context manager, or up()/down()."""
 
-    def __init__(self, prefix: str | None = None, *, keep_state: bool = False) -> None:
+    def __init__(
+        self, prefix: str | None = None, *, keep_state: bool = False, switched: bool = False
+    ) -> None:
         self.prefix = prefix or f"pmct{os.getpid()}"
+        self.switched = switched  # learning switches + cluster.mode "multicast-mac"
         self.ns = {n: f"{self.prefix}-{n.replace('-', '')}" for n in NODES}
         self.run_dir = f"{RUN_ROOT}/{self.prefix}"
         self.procs: dict[str, _Proc] = {}
@@ -158,7 +169,7 @@ class Lab:
                     "type",
                     "bridge",
                     "ageing_time",
-                    "0",
+                    SWITCH_AGEING if self.switched else "0",
                     "stp_state",
                     "0",
                     "mcast_snooping",
@@ -299,6 +310,15 @@ class Lab:
             self._save()
         return p
 
+    def adopt(self, name: str, node: str, pid: int, log: str = "") -> None:
+        """Track a process the lab did not start itself (a daemon's child), so that
+        ``stop(name)`` and ``down()`` end it by pid."""
+        if name in self.procs:
+            raise LabError(f"a process named {name!r} is already running")
+        self.procs[name] = _Proc(name, node, None, pid, log)
+        if self.keep_state:
+            self._save()
+
     def alive(self, name: str) -> bool:
         p = self.procs.get(name)
         if p is None:
@@ -363,11 +383,13 @@ class Lab:
         gso: bool = False,
         extra: str = "",
     ) -> str:
+        lan_mac, wan_mac = (LAN_MCAST_MAC, WAN_MCAST_MAC) if self.switched else (LAN_MAC, WAN_MAC)
         return (
             f'[node]\nname = "{fw}"\nrole = "{role}"\nrun_dir = "{self.run_dir}/{fw}"\n\n'
             '[interfaces]\ndata = ["lan0", "wan0"]\nsync = "sync0"\n\n'
-            f'[cluster.interface.lan0]\nmac = "{LAN_MAC}"\naddresses = ["{LAN_GW}/24"]\n\n'
-            f'[cluster.interface.wan0]\nmac = "{WAN_MAC}"\naddresses = ["{WAN_GW}/24"]\n\n'
+            + ('[cluster]\nmode = "multicast-mac"\n\n' if self.switched else "")
+            + f'[cluster.interface.lan0]\nmac = "{lan_mac}"\naddresses = ["{LAN_GW}/24"]\n\n'
+            f'[cluster.interface.wan0]\nmac = "{wan_mac}"\naddresses = ["{WAN_GW}/24"]\n\n'
             f'[queue]\nfail = "{fail}"\n'
             + (f"max_len = {max_len}\n" if max_len else "")
             + (f"rcvbuf = {rcvbuf}\n" if rcvbuf else "")

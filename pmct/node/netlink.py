@@ -14,12 +14,18 @@ Rules:
    the address) and unsolicited neighbour advertisements (RFC 4861 section 7.2.6, Override
    set) are written as raw frames on an AF_PACKET socket, so they leave from the cluster MAC
    on exactly the interface they are about.
+4. A multicast cluster MAC (``cluster.mode = "multicast-mac"``) is not an interface address
+   (the kernel refuses one): ``set_mac`` with a multicast MAC *joins* it instead, keeping the
+   interface's own MAC: SIOCADDMULTI (what ``ip maddr add`` does) plus netfilter.py's
+   ClusterMac rules (accept it as PACKET_HOST, name it in outgoing ARP). Announcements then
+   leave from the own MAC with the cluster MAC as the ARP sender hardware address.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import ipaddress
 import logging
 import socket
@@ -37,6 +43,9 @@ IFF_PROMISC: Final = 0x100
 IFA_F_NODAD: Final = 0x02
 ETH_P_ARP: Final = 0x0806
 ETH_P_IPV6: Final = 0x86DD
+SIOCADDMULTI: Final = 0x8931
+SIOCDELMULTI: Final = 0x8932
+_IFREQ_HWADDR: Final = struct.Struct("16sH14s8x")  # struct ifreq, ifr_hwaddr member (40 bytes)
 
 
 class LinkError(RuntimeError):
@@ -47,11 +56,19 @@ def _mac_bytes(mac: str) -> bytes:
     return bytes(int(x, 16) for x in mac.split(":"))
 
 
-def arp_announcement(mac: str, ip: str) -> bytes:
-    """Ethernet frame: broadcast ARP request "who-has IP tell IP" from MAC (gratuitous ARP)."""
+def is_multicast_mac(mac: str) -> bool:
+    return bool(int(mac[:2], 16) & 1)
+
+
+def arp_announcement(mac: str, ip: str, eth_src: str | None = None) -> bytes:
+    """Ethernet frame: broadcast ARP request "who-has IP tell IP" from MAC (gratuitous ARP).
+
+    ``eth_src``: the Ethernet source when it differs from the ARP sender hardware address
+    (a multicast cluster MAC is never an Ethernet source).
+    """
     m = _mac_bytes(mac)
     a = socket.inet_aton(ip)
-    eth = b"\xff" * 6 + m + struct.pack("!H", ETH_P_ARP)
+    eth = b"\xff" * 6 + _mac_bytes(eth_src or mac) + struct.pack("!H", ETH_P_ARP)
     arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + m + a + b"\0" * 6 + a
     return eth + arp
 
@@ -158,6 +175,10 @@ class Links:
         )
 
     def set_mac(self, name: str, mac: str) -> None:
+        """Wear ``mac`` on ``name``; a multicast MAC is joined instead (rule 4)."""
+        if is_multicast_mac(mac):
+            self.join_cluster_mac(name, mac)
+            return
         old = self.mac(name).lower()
         if old == mac.lower():
             return
@@ -176,6 +197,44 @@ class Links:
             self.ipr.link("set", index=idx, address=mac)
             if up:
                 self.ipr.link("set", index=idx, state="up")
+
+    def join_cluster_mac(self, name: str, mac: str) -> None:
+        """Receive frames to the multicast ``mac`` as our own, and name it in our ARP."""
+        from pmct.node.netfilter import ClusterMac
+
+        self.index(name)  # LinkError for a missing interface
+        if not self._has_maddr(name, mac):
+            self._maddr(SIOCADDMULTI, name, mac)
+            self._record(
+                f"{name}: joined multicast MAC {mac}",
+                lambda: self._maddr(SIOCDELMULTI, name, mac),
+            )
+        rules = ClusterMac(name, mac)
+        rules.install()
+        self._record(f"{name}: cluster MAC {mac} rules ({rules.table})", rules.remove)
+
+    @staticmethod
+    def _maddr(request: int, name: str, mac: str) -> None:
+        ifr = _IFREQ_HWADDR.pack(name.encode(), socket.AF_UNSPEC, _mac_bytes(mac))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                fcntl.ioctl(s.fileno(), request, ifr)
+            except OSError as e:
+                raise LinkError(f"{name}: multicast MAC {mac}: {e.strerror}") from e
+
+    @staticmethod
+    def _has_maddr(name: str, mac: str) -> bool:
+        """Is ``mac`` already a global (``ip maddr add``) address of ``name``?"""
+        want = mac.replace(":", "").lower()
+        try:
+            with open("/proc/net/dev_mcast") as f:
+                for line in f:  # ifindex name users global address
+                    parts = line.split()
+                    if len(parts) == 5 and parts[1] == name and parts[4] == want:
+                        return parts[3] != "0"
+        except OSError:
+            pass
+        return False
 
     def add_address(self, name: str, cidr: str) -> None:
         iface = ipaddress.ip_interface(cidr)
@@ -231,16 +290,20 @@ class Links:
     def announce(self, name: str, mac: str, cidrs: tuple[str, ...], count: int = 1) -> int:
         """Gratuitous ARP / unsolicited NA for each address; returns frames sent."""
         sent = 0
+        # A multicast cluster MAC goes into the ARP sender field only; the frame leaves from
+        # the interface's own MAC (rule 4). IPv6 is refused for that mode by config.py.
+        eth_src = self.mac(name) if is_multicast_mac(mac) else None
         with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
             s.bind((name, 0))
             for _ in range(count):
                 for cidr in cidrs:
                     ip = ipaddress.ip_interface(cidr).ip
-                    frame = (
-                        arp_announcement(mac, str(ip))
-                        if ip.version == 4
-                        else unsolicited_na(mac, str(ip))
-                    )
+                    if ip.version == 4:
+                        frame = arp_announcement(mac, str(ip), eth_src)
+                    elif eth_src is None:
+                        frame = unsolicited_na(mac, str(ip))
+                    else:
+                        continue
                     try:
                         s.send(frame)
                         sent += 1
