@@ -51,6 +51,7 @@ __all__ = [
     "NodeConfig",
     "PolicyConfig",
     "QueueConfig",
+    "SyncNodeConfig",
     "load_config",
     "parse_config",
 ]
@@ -60,6 +61,8 @@ FAIL_MODES: Final = ("open", "closed")
 BACKENDS: Final = ("netfilterqueue", "netlink")
 LOG_LEVELS: Final = ("debug", "info", "warning", "error")
 CLUSTER_MODES: Final = ("hub", "multicast-mac")
+SYNC_MODES: Final = ("concurrent", "replicate")
+SYNC_TRANSPORTS: Final = ("unicast", "multicast")
 _IFNAME: Final = re.compile(r"^[^\s/:]{1,15}$")  # kernel dev_valid_name(): < IFNAMSIZ, no / : ws
 _MAC: Final = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 
@@ -150,6 +153,22 @@ class MetricsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SyncNodeConfig:
+    """The node's [sync] section (pmct.node.syncshell maps it onto pmct.sync.SyncConfig)."""
+
+    enabled: bool = False
+    node_id: int = 1
+    peers: tuple[int, ...] = (2,)
+    mode: str = "concurrent"
+    transport: str = "unicast"
+    address: tuple[str, ...] = ()  # unicast: peer address(es); multicast: the group
+    port: int = 3780
+    backlog: int = 1024
+    initsync_rate: float = 0.0  # connections per second; 0 = unthrottled
+    hmac_key_file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
     interfaces: InterfacesConfig = field(default_factory=InterfacesConfig)
@@ -158,6 +177,7 @@ class Config:
     conntrack: Settings = field(default_factory=Settings)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    sync: SyncNodeConfig = field(default_factory=SyncNodeConfig)
     source: str = "<default>"  # the file it came from, for messages
 
 
@@ -326,7 +346,16 @@ def _ifname(ctx: _Ctx, v: Any, path: str) -> str:
 
 # ---------------------------------------------------------------------------- sections
 
-_SECTIONS: Final = ("node", "interfaces", "cluster", "queue", "conntrack", "policy", "metrics")
+_SECTIONS: Final = (
+    "node",
+    "interfaces",
+    "cluster",
+    "queue",
+    "conntrack",
+    "policy",
+    "metrics",
+    "sync",
+)
 
 
 def _node(ctx: _Ctx, d: Any) -> NodeConfig:
@@ -646,6 +675,63 @@ def _metrics(ctx: _Ctx, d: Any) -> MetricsConfig:
     return cfg
 
 
+_SYNC_KEYS: Final = tuple(f.name for f in dataclasses.fields(SyncNodeConfig))
+
+
+def _sync(ctx: _Ctx, d: Any, interfaces: InterfacesConfig) -> SyncNodeConfig:
+    d = _table(ctx, d, "sync", _SYNC_KEYS)
+    kw: dict[str, Any] = {}
+    if "enabled" in d:
+        kw["enabled"] = _bool(ctx, d["enabled"], "sync.enabled")
+    if "node_id" in d:
+        kw["node_id"] = _int(ctx, d["node_id"], "sync.node_id", 1, 0xFFFF)
+    if "peers" in d:
+        ids = [_int(ctx, x, "sync.peers", 1, 0xFFFF) for x in _list(ctx, d["peers"], "sync.peers")]
+        kw["peers"] = tuple(sorted(set(ids)))
+    if "mode" in d:
+        kw["mode"] = _str(ctx, d["mode"], "sync.mode", SYNC_MODES)
+    if "transport" in d:
+        kw["transport"] = _str(ctx, d["transport"], "sync.transport", SYNC_TRANSPORTS)
+    if "address" in d:
+        addrs: list[str] = []
+        for x in _list(ctx, d["address"], "sync.address"):
+            s = _str(ctx, x, "sync.address")
+            if not s:
+                continue
+            try:
+                addrs.append(str(ipaddress.ip_address(s)))
+            except ValueError:
+                raise ctx.error("sync.address", f"{s!r} is not an IP address") from None
+        kw["address"] = tuple(addrs)
+    if "port" in d:
+        kw["port"] = _int(ctx, d["port"], "sync.port", 1, 65535)
+    if "backlog" in d:
+        kw["backlog"] = _int(ctx, d["backlog"], "sync.backlog", 2, 1 << 20)
+    if "initsync_rate" in d:
+        kw["initsync_rate"] = _num(ctx, d["initsync_rate"], "sync.initsync_rate")
+    if "hmac_key_file" in d:
+        kw["hmac_key_file"] = _str(ctx, d["hmac_key_file"], "sync.hmac_key_file")
+        if kw["hmac_key_file"] and not kw["hmac_key_file"].startswith("/"):
+            raise ctx.error("sync.hmac_key_file", "must be an absolute path")
+    cfg = SyncNodeConfig(**kw)
+    if cfg.node_id in cfg.peers:
+        raise ctx.error("sync.peers", f"lists this node's own id {cfg.node_id}")
+    if not cfg.enabled:
+        return cfg
+    if not interfaces.sync:
+        raise ctx.error("sync.enabled", "needs interfaces.sync (the sync interface)")
+    if not cfg.address:
+        raise ctx.error("sync.address", "needs the peer's address (unicast) or the group")
+    if len({ipaddress.ip_address(a).version for a in cfg.address}) != 1:
+        raise ctx.error("sync.address", "mixes IPv4 and IPv6")
+    multicast = [ipaddress.ip_address(a).is_multicast for a in cfg.address]
+    if cfg.transport == "multicast" and (len(cfg.address) != 1 or not multicast[0]):
+        raise ctx.error("sync.address", 'transport = "multicast" needs one multicast group')
+    if cfg.transport == "unicast" and any(multicast):
+        raise ctx.error("sync.address", 'a multicast group needs transport = "multicast"')
+    return cfg
+
+
 # ---------------------------------------------------------------------------- entry points
 
 
@@ -666,6 +752,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
         conntrack=_conntrack(ctx, data.get("conntrack", {})),
         policy=_policy(ctx, data.get("policy", {}), interfaces.data),
         metrics=_metrics(ctx, data.get("metrics", {})),
+        sync=_sync(ctx, data.get("sync", {}), interfaces),
         source=source,
     )
 
@@ -845,4 +932,30 @@ comment = "the LAN may open connections"
 [metrics]
 # Prometheus text metrics over HTTP, e.g. "127.0.0.1:9468"; "" = off.
 listen = ""
+
+[sync]
+# ct_sync (docs/protocol.md): connection state shared with the other node(s) over
+# interfaces.sync. Off by default: each node then knows only what it saw itself.
+enabled = false
+# This node's id (1..65535, unique in the cluster) and the ids it accepts sync packets from.
+node_id = 1
+peers = [2]
+# "concurrent": every node tracks from the wire; ct_sync names the master, brings a node that
+# (re)started up to date with an init sync and repairs lost sync packets (NACK).
+# "replicate": the passive node does not track from the wire; the active node streams every
+# change of its table and the passive node applies it. Use the same mode on every node.
+mode = "concurrent"
+# "unicast" to the peer's address(es), or "multicast" to a group joined on interfaces.sync.
+transport = "unicast"
+# unicast: the peer's sync address (or a list); multicast: the group, e.g. "239.255.31.80".
+address = ""
+port = 3780
+# Sent sync packets kept for retransmission; a loss older than that needs a new init sync.
+backlog = 1024
+# Init sync pace in connections per second (0: as fast as the receiver acknowledges).
+# While its init sync runs a node is "not ready" (pmct status --ready exits 1).
+initsync_rate = 0
+# HMAC-SHA256 over every sync packet with a key shared by all nodes: a root-only file holding
+# at least 16 bytes (surrounding whitespace is ignored). "" = no authentication.
+hmac_key_file = ""
 """

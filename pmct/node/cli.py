@@ -145,9 +145,23 @@ def conntrack(
             pass
 
 
-def promote(socket: SocketOpt = None, config: ConfigOpt = None) -> None:
-    """Make this node active: it forwards what the policy accepts and answers ARP."""
-    res = _request(_socket_path(socket, config), "promote")
+def promote(
+    socket: SocketOpt = None,
+    config: ConfigOpt = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="promote even while ct_sync's initial sync runs")
+    ] = False,
+) -> None:
+    """Make this node active: it forwards what the policy accepts and answers ARP.
+
+    Refused (exit 1) while the node is not ready (ct_sync initial sync still running: its
+    table is incomplete, so taking over would cut connections) unless --force is given.
+    """
+    res = _request(_socket_path(socket, config), "promote", **({"force": True} if force else {}))
+    if res.get("refused"):
+        typer.echo(f"pmct: promote refused: {res['refused']} (--force to override)", err=True)
+        typer.echo(res["role"])
+        raise typer.Exit(1)
     typer.echo(f"{res['role']}{'' if res['changed'] else ' (already)'}")
 
 
@@ -167,3 +181,8 @@ def register(app: typer.Typer) -> None:
     from pmct.lab.cli import lab_app
 
     app.add_typer(lab_app, name="lab")
+    for group in app.registered_groups:  # `pmct bench sync` joins pmct.cli's bench group
+        if group.name == "bench" and group.typer_instance is not None:
+            from pmct.node.bench_sync import bench_sync
+
+            group.typer_instance.command("sync")(bench_sync)

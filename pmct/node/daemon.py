@@ -15,6 +15,14 @@ an active node asks the policy and applies its verdict, a passive node drops. Ev
 engine cannot parse (ctstate DROPPED) and every internal error gets the fail mode's verdict
 (open: accept, closed: drop) and is counted; the daemon never dies on input.
 
+ct_sync (``[sync]``, syncshell.py) runs in the same loop: its socket is in the select() set, its
+one timer bounds the select() timeout, and the packet path polls it every POLL seconds (a
+loaded queue may keep the loop from select() for long). The sync interface is never queued
+and never silenced. In ``replicate`` mode a passive node does not run the engine on traffic
+(``tracks_wire``): its table is the master's stream. A node in initial sync is not ready:
+``ping``/``status`` say so, the role file says ``passive not-ready``, and ``promote`` refuses
+unless forced.
+
 Housekeeping (``_service``) runs every SERVICE_INTERVAL seconds of packet time *inside* the
 packet callback as well as from the idle loop, because netfilterqueue's non-blocking
 ``run()`` only returns once the queue is empty, which under load may be never: control
@@ -50,6 +58,7 @@ from pmct.node.netfilter import QueueRules, Silence
 from pmct.node.netlink import LinkError, Links
 from pmct.node.nfqueue import NetlinkQueue, Queue, read_queue_stats
 from pmct.node.policy import CTSTATE_MARK_BITS, Action, describe
+from pmct.node.syncshell import SyncShell
 
 __all__ = ["Daemon", "DaemonError", "entry_to_dict", "run"]
 
@@ -239,6 +248,9 @@ class Daemon:
         self.state_file = StateFile(cfg.node.state_file)
         self.forwarding: Forwarding | None = None
         self.systemd = _Systemd()
+        self.sync: SyncShell | None = None  # ct_sync, when [sync] enabled
+        self.tracks_wire = True  # False: a replicate-mode standby (its table is the stream)
+        self.sync_due = float("inf")  # the packet path services ct_sync from this time on
         self._wakeup_r = -1
         self._wakeup_w = -1
 
@@ -282,6 +294,18 @@ class Daemon:
                 links.set_mac(ci.name, ci.mac)
             for a in ci.addresses:
                 links.add_address(ci.name, a)
+        if cfg.sync.enabled:  # before the queue: a replicate standby never tracks the wire
+            self.sync = SyncShell(
+                cfg.sync,
+                cfg.interfaces.sync,
+                self.engine,
+                master=self.role is Role.ACTIVE,
+                run_dir=cfg.node.run_dir,
+                now=time.monotonic(),
+                on_role=self._on_sync_role,
+                on_ready=self._on_sync_ready,
+            )
+            self.tracks_wire = self.sync.tracks_wire
         q = cfg.queue
         if q.backend == "netlink":
             self.queue = NetlinkQueue(
@@ -311,7 +335,7 @@ class Daemon:
         )
         self.rules.install()
         self.forwarding.finish_start(self.role)
-        self.state_file.write(self.role)
+        self.state_file.write(self.role, self.sync_ready(time.monotonic()))
         addr = cfg.metrics.address()
         if addr is not None:
             self.http = _MetricsHttp(addr, lambda: metrics.render_prometheus(self.status()))
@@ -341,6 +365,8 @@ class Daemon:
         if self.queue is not None:
             steps.append(("queue", self.queue.close))
         steps.append(("silence", self.silence.disable))
+        if self.sync is not None:
+            steps.append(("sync socket", self.sync.close))
         if self.http is not None:
             steps.append(("metrics", self.http.close))
         if self.control is not None:
@@ -354,6 +380,8 @@ class Daemon:
             except Exception as e:
                 log.warning("teardown: %s: %s", what, e)
         self.links = self.queue = self.rules = self.control = self.http = None
+        self.sync = None
+        self.sync_due = float("inf")
         log.info("stopped; everything pmct installed is removed")
 
     def _install_signals(self) -> None:
@@ -381,6 +409,9 @@ class Daemon:
             rfds = [qfd, self._wakeup_r, *self.control.read_fds()]
             if self.http is not None:
                 rfds += self.http.fds()
+            if self.sync is not None:
+                rfds.append(self.sync.fileno())
+                timeout = max(0.0, min(timeout, self.sync_due - now))
             try:
                 r, _, _ = select.select(rfds, self.control.write_fds(), [], timeout)
             except InterruptedError:
@@ -395,6 +426,8 @@ class Daemon:
                     break
                 except OSError as e:  # recv failed: log, keep going
                     log.warning("queue recv: %s", e)
+            if self.sync is not None:
+                self._sync_service(time.monotonic())
             try:
                 self._service(time.monotonic(), set(r))
             except _Stop:
@@ -432,9 +465,16 @@ class Daemon:
         def handle(data: bytes, indev: int, mark: int) -> tuple[int, int]:
             daemon.packets += 1
             now = monotonic()
+            if not daemon.tracks_wire:  # replicate standby: the master's stream is the table
+                if now >= daemon.sync_due:
+                    daemon._sync_service(now)
+                actions[0] += 1
+                return drop
             ct, d, _conn = process_ip(data, now)
             if daemon.watch_events:  # `conntrack -E` shows the state at the event
                 daemon._fan_out_events(now)
+            if now >= daemon.sync_due:
+                daemon._sync_service(now)
             if not daemon.active:
                 actions[0] += 1
                 return drop
@@ -511,7 +551,11 @@ class Daemon:
             if now >= self._next_state_poll:
                 self._next_state_poll = now + STATE_POLL
                 want = self.state_file.poll()
-                if want is not None:
+                why = self.promotion_refused(now) if want is Role.ACTIVE else None
+                if why is not None and self.role is not Role.ACTIVE:
+                    log.warning("state file asks for active: refused, %s", why)
+                    self.state_file.write(self.role, False)
+                elif want is not None:
                     self.set_role(want, source="state file")
             if now >= self._next_expire:
                 self._next_expire = now + 1.0
@@ -524,8 +568,49 @@ class Daemon:
         if self._stop_requested:
             raise _Stop
 
+    def _sync_service(self, now: float) -> None:
+        """ct_sync's turn: engine events in, socket, timer, datagrams out (syncshell.py)."""
+        sync = self.sync
+        if sync is None:
+            return
+        try:
+            self._fan_out_events(now)
+            sync.service(now)
+        except Exception:  # a bug in the sync path must not stop the packet loop
+            self.errors["sync"] = self.errors.get("sync", 0) + 1
+            if now - self._last_error_log > 10.0:
+                self._last_error_log = now
+                log.exception("ct_sync service failed")
+        t = sync.deadline()
+        self.sync_due = sync.next_poll if t is None else min(t, sync.next_poll)
+
+    def _on_sync_role(self, master: bool, reason: str) -> None:
+        """The sync core changed role by itself (split brain, docs/protocol.md §6)."""
+        self.set_role(Role.ACTIVE if master else Role.PASSIVE, source=f"ct_sync {reason}")
+
+    def _on_sync_ready(self, ready: bool) -> None:
+        self.state_file.write(self.role, ready)
+        self.systemd.notify(f"STATUS={self.role.label}{'' if ready else ' not-ready'}")
+
+    def sync_ready(self, now: float) -> bool:
+        """False while ct_sync's initial sync runs (the readiness gate)."""
+        return self.sync is None or self.sync.ready(now)
+
+    def promotion_refused(self, now: float) -> str | None:
+        """Why this node must not be promoted now (None: it may)."""
+        sync = self.sync
+        if sync is None or sync.ready(now):
+            return None
+        p = sync.core.progress(now=now)
+        return (
+            f"not ready: ct_sync initial sync {p.state.lower()}, {p.done} of {p.total} "
+            f"entries ({p.percent:.0f} %, {p.rate:.0f}/s) from master {p.master}"
+        )
+
     def _fan_out_events(self, now: float) -> None:
         events = self.engine.drain_events()
+        if events and self.sync is not None:
+            self.sync.engine_events(events, now)
         self.watch_events = self.control is not None and self.control.subscribers > 0
         if not events or not self.watch_events:
             return
@@ -547,7 +632,15 @@ class Daemon:
             self.role_changes += 1
             log.info("role -> %s (%s)", role.label, source)
             self.systemd.notify(f"STATUS={role.label}")
-        self.state_file.write(self.role)
+        sync = self.sync
+        now = time.monotonic()
+        if sync is not None:  # ct_sync follows the forwarding role (MASTER_ANNOUNCE on promote)
+            if self.role is Role.ACTIVE:
+                sync.promote(now)
+            else:
+                sync.demote(now)
+            self.tracks_wire = sync.tracks_wire
+        self.state_file.write(self.role, self.sync_ready(now))
         return changed
 
     # ------------------------------------------------------------------ control
@@ -556,18 +649,29 @@ class Daemon:
         cmd = req["cmd"]
         now = time.monotonic()
         if cmd == "ping":
-            return {"ready": self.ready, "role": self.role.label, "pid": os.getpid()}
+            return {
+                "ready": self.ready and self.sync_ready(now),
+                "role": self.role.label,
+                "pid": os.getpid(),
+            }
         if cmd == "status":
             return self.status()
-        if cmd in ("promote", "demote"):
-            role = Role.ACTIVE if cmd == "promote" else Role.PASSIVE
+        if cmd in ("promote", "demote", "role"):
+            if cmd == "role":
+                want = REQUESTS.get(str(req.get("role", "")).lower())
+                if want is None:
+                    raise ValueError("role must be active or passive")
+                role = want
+            else:
+                role = Role.ACTIVE if cmd == "promote" else Role.PASSIVE
+            why = self.promotion_refused(now) if role is Role.ACTIVE else None
+            if why is not None and self.role is not Role.ACTIVE:
+                if not req.get("force"):
+                    log.warning("promote refused: %s", why)
+                    return {"role": self.role.label, "changed": False, "refused": why}
+                log.warning("promote FORCED although %s", why)
             changed = self.set_role(role, source="control socket")
             return {"role": self.role.label, "changed": changed}
-        if cmd == "role":
-            want = REQUESTS.get(str(req.get("role", "")).lower())
-            if want is None:
-                raise ValueError("role must be active or passive")
-            return {"role": self.role.label, "changed": self.set_role(want, source="control")}
         if cmd == "conntrack":
             from pmct.replay import format_conntrack_line
 
@@ -604,7 +708,7 @@ class Daemon:
             "version": 1,
             "node": cfg.node.name,
             "role": self.role.label,
-            "ready": self.ready,
+            "ready": self.ready and self.sync_ready(now),
             "pid": os.getpid(),
             "uptime": round(now - self.t0, 3),
             "config": cfg.source,
@@ -641,7 +745,7 @@ class Daemon:
             "role_changes": self.role_changes,
             "event_subscribers": self.control.subscribers if self.control is not None else 0,
             "announcements": self.forwarding.announced if self.forwarding else 0,
-            "sync": {"state": "not configured"},
+            "sync": self.sync.status(now) if self.sync is not None else {"state": "not configured"},
         }
 
 

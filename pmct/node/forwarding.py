@@ -65,8 +65,10 @@ class StateFile:
         self.path = path
         self.written = ""
 
-    def write(self, role: Role) -> None:
-        text = role.label + "\n"
+    def write(self, role: Role, ready: bool = True) -> None:
+        """``active`` / ``passive``, and `` not-ready`` after it while the node's ct_sync init
+        sync runs (a cluster manager must not promote it; ``pmct status --ready`` says 1)."""
+        text = role.label + ("\n" if ready else " not-ready\n")
         # In place (not rename): a writer that opened the file keeps writing the same inode.
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:

@@ -68,9 +68,36 @@ def render_status(st: Status) -> str:
     for r in st["rules"]:
         lines.append(f"  {r['hits']:>8}  {r['rule']}")
     lines.append(f"  {st['default']['hits']:>8}  default -> {st['default']['action']}")
-    sync = st.get("sync", {})
-    lines.append(f"sync: {sync.get('state', 'not configured')}")
+    lines += _sync_lines(st.get("sync", {}))
     return "\n".join(lines)
+
+
+def _sync_lines(sync: Mapping[str, Any]) -> list[str]:
+    if "role" not in sync:
+        return [f"sync: {sync.get('state', 'not configured')}"]
+    init = sync["initsync"]
+    ready = "ready" if sync["ready"] else "NOT READY"
+    lines = [
+        f"sync: {ready}, {sync['mode']} {sync['role']} (node {sync['node_id']}, term "
+        f"{sync['term']}), {sync['state']}, master {sync['master']}"
+        f"{'' if sync['master_alive'] else ' (silent)'}; {sync['transport']} "
+        f"{','.join(sync['address'])}:{sync['port']}{' hmac' if sync['hmac'] else ''}"
+    ]
+    if init["walk"] is not None:
+        lines.append(
+            f"  init sync walk {init['walk']}: {init['done']} of {init['total']} "
+            f"({init['percent']:.1f} %), {init['rate']:.0f} entries/s"
+        )
+    c = sync["counters"]
+    lines.append(
+        f"  packets rx {c['rx_packets']} tx {c['tx_packets']}  nack sent {c['nack_sent']} "
+        f"received {c['nack_received']}  retransmitted {c['retransmitted']}  walks started "
+        f"{c['walks_started']} received {c['walks_received']}  behind {sync['behind']}"
+    )
+    drops = {k: v for k, v in sync["drops"].items() if v}
+    if drops:
+        lines.append(f"  dropped  {_pairs(drops)}")
+    return lines
 
 
 def render_stats(st: Status) -> str:
@@ -205,4 +232,42 @@ def render_prometheus(st: Status) -> str:
         [({**node, "rule": str(i)}, r["hits"]) for i, r in enumerate(st["rules"])]
         + [({**node, "rule": "default"}, st["default"]["hits"])],
     )
+    m += _sync_metrics(st.get("sync", {}), node)
     return "\n".join(m) + "\n"
+
+
+def _sync_metrics(sync: Mapping[str, Any], node: Mapping[str, Any]) -> list[str]:
+    if "role" not in sync:
+        return []
+    m: list[str] = []
+    m += _metric(
+        "pmct_sync_ready",
+        "gauge",
+        "1 unless the node is in ct_sync initial sync (the readiness gate).",
+        [(node, 1 if sync["ready"] else 0)],
+    )
+    m += _metric(
+        "pmct_sync_master",
+        "gauge",
+        "1 while this node is the ct_sync master.",
+        [(node, 1 if sync["role"] == "master" else 0)],
+    )
+    m += _metric(
+        "pmct_sync_initsync_percent",
+        "gauge",
+        "Progress of the running init sync walk (100 when none runs).",
+        [(node, sync["initsync"]["percent"] if sync["initsync"]["walk"] is not None else 100)],
+    )
+    m += _metric(
+        "pmct_sync_dropped_total",
+        "counter",
+        "ct_sync datagrams dropped, by reason (docs/protocol.md §13).",
+        [({**node, "reason": k}, v) for k, v in sorted(sync["drops"].items())],
+    )
+    m += _metric(
+        "pmct_sync_events_total",
+        "counter",
+        "ct_sync protocol counters, by name.",
+        [({**node, "counter": k}, v) for k, v in sorted(sync["counters"].items())],
+    )
+    return m
