@@ -9,7 +9,10 @@ INITSYNC_DONE has been applied.
 
 Printed per N (nothing is asserted; both processes share this machine's CPUs):
 
-* connections/s: N / the slave's wall time from start (request sent) to ready;
+* connections/s: N / the slave's wall time from start (request sent) to ready, which includes
+  the master's snapshot of its table keys before the walk;
+  "walk s" is the part from INITSYNC_BEGIN to INITSYNC_DONE as the slave saw it (0: both
+  arrived in one batch);
 * bytes per connection on the wire: UDP payload of everything the slave received until ready
   (the walk and the one or two announces around it), / N; and with 28 bytes of IPv4 + UDP
   header per datagram added (the slave's request and ACKs go the other way: not counted);
@@ -285,14 +288,16 @@ def run_bench(
                 f"ct_sync init sync over a veth pair (unicast UDP{', HMAC-SHA256' if hmac else ''})"
             )
             print(
-                f"{'N':>9} {'seconds':>8} {'conn/s':>9} {'B/conn':>7} {'B/conn+IP':>9} "
-                f"{'datagrams':>9} {'CPU master':>10} {'CPU slave':>9} {'NACKs':>5} {'retx':>5}"
+                f"{'N':>9} {'seconds':>8} {'conn/s':>9} {'walk s':>7} {'B/conn':>7} "
+                f"{'B/conn+IP':>9} {'datagrams':>9} {'CPU master':>10} {'CPU slave':>9} "
+                f"{'NACKs':>5} {'retx':>5}"
             )
             for n in ns:
                 r = _one(pair, n, 0.0, key, timeout=600)
                 out.append(r)
                 print(
-                    f"{n:>9} {r['wall']:>8.3f} {r['cps']:>9,.0f} {r['bytes_per_conn']:>7.2f} "
+                    f"{n:>9} {r['wall']:>8.3f} {r['cps']:>9,.0f} {r['walk'] or 0:>7.3f} "
+                    f"{r['bytes_per_conn']:>7.2f} "
                     f"{r['bytes_per_conn_ip']:>9.2f} {r['datagrams']:>9} "
                     f"{r['cpu_master']:>9.2f}s {r['cpu_slave']:>8.2f}s {r['nack_sent']:>5} "
                     f"{r['retransmitted']:>5}",

@@ -27,9 +27,12 @@ What the shell decides itself (node policy, not protocol):
 * **Tracking in replicate mode**: a slave does not track from the wire
   (``tracks_wire`` False: the daemon drops its packets without running the engine); everything
   in its table comes from the master's stream.
-* After a completed init sync the daemon's objects are moved out of the cyclic GC's view
-  (``gc.freeze()``): a million Conns arriving in a burst otherwise cost full collections of the
-  whole table on the packet path (docs/protocol.md §4.7).
+* The cyclic GC is paused while this node applies an init sync walk and, once it completed,
+  everything is moved out of the collector's view (``gc.freeze()``): a million Conns arriving
+  in a burst otherwise cost repeated full collections of the whole table, a third of the
+  standby's time (docs/protocol.md §4.7). The pause ends with the walk however it ends (done,
+  stalled, reset, promoted); a cycle created meanwhile is collected after it, except one that
+  is still garbage at the freeze (the engine's entries form no cycles, so that is rare).
 
 Rules: no protocol logic here (no seqs, no records); the socket is transport.py's; the clock is
 the caller's ``now`` (time.monotonic()).
@@ -58,7 +61,7 @@ from pmct.sync.events import (
     RoleChanged,
     StreamReset,
 )
-from pmct.sync.protocol import Role, SyncConfig, SyncProtocol
+from pmct.sync.protocol import Role, SyncConfig, SyncProtocol, SyncState
 from pmct.sync.table import EngineTable
 
 __all__ = ["POLL", "SyncSetupError", "SyncShell", "load_key", "next_epoch", "sync_config"]
@@ -171,6 +174,7 @@ class SyncShell:
         self._update_tracking()
         self.next_poll = now
         self.frozen = False
+        self.gc_paused = False
         log.info(
             "ct_sync: node %d epoch %d, %s, %s %s port %d on %s%s",
             cfg.node_id,
@@ -196,8 +200,14 @@ class SyncShell:
         """Read what waits on the socket, run the timer if due, send, handle events."""
         core = self.core
         self.next_poll = now + POLL
+        send = self.transport.send
         for data in self.transport.recv_many(RECV_BATCH):
             core.receive_datagram(data, now=now)
+            # after every datagram, as aioquic's transmit(): the follower's ACKs (every 32
+            # packets) leave at once instead of after the whole batch, which keeps a walk's
+            # flow-control window (docs/protocol.md §12) moving
+            for out in core.datagrams_to_send(now=now):
+                send(out)
         t = core.get_timer()
         if t is not None and t <= now:
             core.handle_timer(now=now)
@@ -221,6 +231,8 @@ class SyncShell:
             send(data)
         while (ev := core.next_event()) is not None:
             self._event(ev, now)
+        if self.gc_paused and core.sync_state != SyncState.SYNCING:
+            self._resume_gc()  # the walk ended some other way (stalled, reset, promoted)
         ready = self.ready(now)
         if ready != self._ready:
             self._ready = ready
@@ -244,6 +256,9 @@ class SyncShell:
             log.info("ct_sync: following master %s (epoch %d, term %d)", ev.node, ev.epoch, ev.term)
         elif type(ev) is InitSyncStarted:
             log.info("ct_sync: init sync walk %d began, %d entries", ev.walk, ev.total)
+            if self.core.sync_state == SyncState.SYNCING and gc.isenabled():
+                gc.disable()
+                self.gc_paused = True
         elif type(ev) is InitSyncCompleted:
             log.info(
                 "ct_sync: init sync walk %d complete, %d records, %d purged",
@@ -251,11 +266,16 @@ class SyncShell:
                 ev.records,
                 ev.purged,
             )
-            gc.collect()
-            gc.freeze()  # see the module docstring
+            self._resume_gc()
+            gc.freeze()  # see the module docstring (no collect first: it would scan them all)
             self.frozen = True
         elif type(ev) is StreamReset:
             log.warning("ct_sync: stream reset (%s): init sync again", ev.reason)
+
+    def _resume_gc(self) -> None:
+        if self.gc_paused:
+            self.gc_paused = False
+            gc.enable()
 
     def _update_tracking(self) -> None:
         core = self.core
@@ -316,4 +336,5 @@ class SyncShell:
         }
 
     def close(self) -> None:
+        self._resume_gc()
         self.transport.close()

@@ -338,3 +338,36 @@ def test_transport_errors_name_the_problem() -> None:
         SyncTransport("nosuchif0", ["198.19.0.2"], 3780)
     with pytest.raises(TransportError, match="mix"):
         SyncTransport("lo", ["198.19.0.2", "2001:db8::1"], 3780)
+
+
+# ---------------------------------------------------------------------------- daemon gate
+
+
+def test_daemon_refuses_promotion_while_not_ready_unless_forced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pmct.node.daemon import Daemon
+    from pmct.node.forwarding import Role
+
+    ta, _ = wire()
+    ta.up = False
+    cfg = parse_config(f'[node]\nrun_dir = "{tmp_path}"\n')
+    daemon = Daemon(cfg)
+    node = Node(tmp_path, 2, ta, master=False, now=0.0)
+    daemon.sync = node.shell  # a node whose init sync has not happened
+    daemon.ready = True
+    switched: list[Role] = []
+    monkeypatch.setattr(daemon, "set_role", lambda role, source: switched.append(role) or True)
+    monkeypatch.setattr("pmct.node.daemon.time.monotonic", lambda: 1.0)
+    assert daemon.handle({"cmd": "ping"})["ready"] is False
+    for req in ({"cmd": "promote"}, {"cmd": "role", "role": "active"}):
+        res = daemon.handle(req)
+        assert res["changed"] is False and res["refused"].startswith("not ready")
+    assert switched == []
+    assert daemon.handle({"cmd": "demote"})["changed"] is True  # demoting is always allowed
+    res = daemon.handle({"cmd": "promote", "force": True})
+    assert "refused" not in res and switched == [Role.PASSIVE, Role.ACTIVE]
+    # alone for longer than master_timeout: nobody to sync from, so ready
+    monkeypatch.setattr("pmct.node.daemon.time.monotonic", lambda: 10.0)
+    assert daemon.handle({"cmd": "ping"})["ready"] is True
+    assert "refused" not in daemon.handle({"cmd": "promote"})
