@@ -53,6 +53,7 @@ from pmct.conntrack.constants import CTSTATE_NAMES, CtState, Status
 from pmct.conntrack.core import Engine, EventType
 from pmct.node import metrics
 from pmct.node.control import ControlError, ControlServer
+from pmct.node.datapath import Datapath, NfqCallback
 from pmct.node.forwarding import REQUESTS, Forwarding, Role, StateFile
 from pmct.node.netfilter import QueueRules, Silence
 from pmct.node.netlink import LinkError, Links
@@ -225,9 +226,26 @@ class Daemon:
         self.ruleset = cfg.policy.ruleset()
         self.role = Role.ACTIVE if cfg.node.role == "active" else Role.PASSIVE
         self.t0 = time.monotonic()
-        self.active = False  # what the packet callback reads; set through _set_verdicts
         self.actions = [0, 0, 0]  # by Action value: drop, accept, reject
         self.errors = {"callback": 0, "unparsed": 0}
+        pol = cfg.policy
+        # The per-packet path (datapath.py, compiled): active, packets, tracks_wire, sync_due,
+        # watch_events and _next_service below are properties that live in it.
+        self.dp = Datapath(
+            self.engine,
+            self.ruleset.decide,
+            {},
+            ctstate_bits=CTSTATE_MARK_BITS,
+            mark_on=pol.ctstate_mark,
+            mark_mask=pol.ctstate_mark_mask,
+            reject_mark=pol.reject_mark,
+            fail_open=cfg.queue.fail_open,
+            errors=self.errors,
+            actions=self.actions,
+            sync_service=self._sync_service,
+            fan_out=self._fan_out_events,
+        )
+        self.active = False  # what the packet callback reads; set through _set_verdicts
         self.packets = 0
         self.role_changes = 0
         self.ready = False
@@ -240,7 +258,7 @@ class Daemon:
         self._rate: collections.deque[tuple[float, int]] = collections.deque(maxlen=64)
         self.links: Links | None = None
         self.queue: Queue | NetlinkQueue | None = None
-        self.ifnames: dict[int, str] = {}  # ifindex -> name, kept current by Links
+        self.ifnames: dict[int, str] = self.dp.names  # ifindex -> name, kept current by Links
         self.rules: QueueRules | None = None
         self.silence = Silence(cfg.interfaces.data)
         self.control: ControlServer | None = None
@@ -253,6 +271,56 @@ class Daemon:
         self.sync_due = float("inf")  # the packet path services ct_sync from this time on
         self._wakeup_r = -1
         self._wakeup_w = -1
+
+    # State the packet path reads lives in the Datapath (a C struct field when compiled).
+
+    @property
+    def active(self) -> bool:
+        return self.dp.active
+
+    @active.setter
+    def active(self, v: bool) -> None:
+        self.dp.active = v
+
+    @property
+    def packets(self) -> int:
+        return self.dp.packets
+
+    @packets.setter
+    def packets(self, v: int) -> None:
+        self.dp.packets = v
+
+    @property
+    def tracks_wire(self) -> bool:
+        return self.dp.tracks_wire
+
+    @tracks_wire.setter
+    def tracks_wire(self, v: bool) -> None:
+        self.dp.tracks_wire = v
+
+    @property
+    def sync_due(self) -> float:
+        return self.dp.sync_due
+
+    @sync_due.setter
+    def sync_due(self, v: float) -> None:
+        self.dp.sync_due = v
+
+    @property
+    def watch_events(self) -> bool:
+        return self.dp.watch_events
+
+    @watch_events.setter
+    def watch_events(self, v: bool) -> None:
+        self.dp.watch_events = v
+
+    @property
+    def _next_service(self) -> float:
+        return self.dp.next_service
+
+    @_next_service.setter
+    def _next_service(self, v: float) -> None:
+        self.dp.next_service = v
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -438,93 +506,29 @@ class Daemon:
         if isinstance(self.queue, NetlinkQueue):  # what most packets of a burst get
             self.queue.batch_verdict = 1 if self.active else 0
 
-    def _make_handler(self) -> Callable[[bytes, int, int], tuple[int, int]]:
-        """The per-packet decision: ``(payload, indev, mark) -> (verdict, mark or -1)``.
+    def _make_handler(self) -> Callable[[bytes, int, int], tuple[int, int, bytes | None]]:
+        """The per-packet decision: ``(payload, indev, mark) -> (verdict, mark, payload)``.
 
-        Everything it needs is bound to locals; it counts the packet and its action. It may
-        raise only on a bug; the backends turn that into the fail-mode verdict.
+        datapath.py's ``Datapath.handle`` (compiled); it counts the packet and its action. It
+        may raise only on a bug; the backends turn that into the fail-mode verdict.
         """
-        process_ip = self.engine.process_ip
-        decide = self.ruleset.decide
-        monotonic = time.monotonic
-        names = self.ifnames
-        oif = self.links.route_oif if (self.links is not None and self.ruleset.needs_oif) else None
-        actions = self.actions
-        pol = self.cfg.policy
-        mark_on = pol.ctstate_mark
-        mark_mask = pol.ctstate_mark_mask
-        mark_shift = (mark_mask & -mark_mask).bit_length() - 1
-        keep = ~mark_mask & 0xFFFFFFFF
-        reject_mark = pol.reject_mark
-        bits = CTSTATE_MARK_BITS
-        fail_act = 1 if self.cfg.queue.fail_open else 0
-        drop: Final = (0, -1)
-        accept: Final = (1, -1)
-        daemon = self
-
-        def handle(data: bytes, indev: int, mark: int) -> tuple[int, int]:
-            daemon.packets += 1
-            now = monotonic()
-            if not daemon.tracks_wire:  # replicate standby: the master's stream is the table
-                if now >= daemon.sync_due:
-                    daemon._sync_service(now)
-                actions[0] += 1
-                return drop
-            ct, d, _conn = process_ip(data, now)
-            if daemon.watch_events:  # `conntrack -E` shows the state at the event
-                daemon._fan_out_events(now)
-            if now >= daemon.sync_due:
-                daemon._sync_service(now)
-            if not daemon.active:
-                actions[0] += 1
-                return drop
-            if ct == _DROPPED:  # the engine could not parse it: the fail mode decides
-                daemon.errors["unparsed"] += 1
-                act = fail_act
-            else:
-                act = decide(ct, d, names.get(indev), data, oif)
-            actions[act] += 1
-            if mark_on:
-                m = (mark & keep) | (bits[ct] << mark_shift)
-                return (1 if act else 0, m | reject_mark if act == 2 else m)
-            if act == 2:
-                return (1, mark | reject_mark)
-            return accept if act else drop
-
-        return handle
+        dp = self.dp
+        dp.oif = (
+            self.links.route_oif if (self.links is not None and self.ruleset.needs_oif) else None
+        )
+        return dp.handle
 
     def _make_callback(self) -> Callable[[Any], None]:
-        """netfilterqueue's per-packet callback around ``_make_handler()``."""
-        handle = self._make_handler()
-        monotonic = time.monotonic
+        """netfilterqueue's per-packet callback around ``Datapath.handle``."""
+        self._make_handler()
         need_mark = (
             self.cfg.policy.ctstate_mark
             or any(r.action is Action.REJECT for r in self.ruleset.rules)
             or self.ruleset.default is Action.REJECT
         )
-        daemon = self
-
-        def callback(pkt: Any) -> None:
-            try:
-                v, m = handle(pkt.get_payload(), pkt.indev, pkt.get_mark() if need_mark else 0)
-                if m >= 0:
-                    pkt.set_mark(m)
-                if v:
-                    pkt.accept()
-                else:
-                    pkt.drop()
-            except Exception:
-                v = daemon._on_packet_error()
-                with contextlib.suppress(Exception):  # the verdict may already be given
-                    if v:
-                        pkt.accept()
-                    else:
-                        pkt.drop()
-            now = monotonic()
-            if now >= daemon._next_service:
-                daemon._service(now, None)
-
-        return callback
+        return NfqCallback(
+            self.dp, self._on_packet_error, lambda now: self._service(now, None), need_mark
+        )
 
     def _on_packet_error(self) -> int:
         """Count an internal error; the fail-mode verdict (a passive node always drops)."""

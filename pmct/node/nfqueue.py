@@ -7,12 +7,13 @@ Owns one resource: the netlink socket bound to one queue number. Two backends, c
   packet; the daemon's callback gets netfilterqueue Packets.
 * ``NetlinkQueue`` (``netlink``): pure Python on a raw NETLINK_NETFILTER socket. It reads a
   burst of packets, asks the daemon's handler for each verdict, sends the exceptions (drops
-  while forwarding, accepts while passive, anything with a mark) one by one and then ONE
-  NFQNL_MSG_VERDICT_BATCH for the rest: the kernel applies a batch verdict to every queued
-  id <= the given id (nfnetlink_queue.c nfqnl_recv_verdict_batch()), and ids are handed out
-  in order, so every packet of the burst is answered exactly once. measurements.md §2/§4: batch
-  verdicts are ×1.8–2.2 packets/s over per-packet verdicts on this VM. Its buffer holds a
-  whole 64 KB message, so GSO super-packets can be queued whole (NFQA_CFG_F_GSO).
+  while forwarding, accepts while passive, anything with a mark or a rewritten payload) one
+  by one and then ONE NFQNL_MSG_VERDICT_BATCH for the rest: the kernel applies a batch
+  verdict to every queued id <= the given id (nfnetlink_queue.c nfqnl_recv_verdict_batch()),
+  and ids are handed out in order, so every packet of the burst is answered exactly once.
+  measurements.md §2/§4: batch verdicts are ×1.8–2.2 packets/s over per-packet verdicts on
+  this VM. Its buffer holds a whole 64 KB message, so GSO super-packets can be queued whole
+  (NFQA_CFG_F_GSO).
 
 Rules:
 1. netfilterqueue has no API for the queue flags, so NFQA_CFG_F_FAIL_OPEN and NFQA_CFG_F_GSO
@@ -229,16 +230,36 @@ _U16: Final = struct.Struct("=H")
 _U32NE: Final = struct.Struct("=I")
 _U32BE_AT: Final = struct.Struct("!I")
 
-Handler = Callable[[bytes, int, int], tuple[int, int]]
+# (payload, indev, mark) -> (verdict, mark or -1, rewritten payload or None); datapath.py
+Handler = Callable[[bytes, int, int], tuple[int, int, "bytes | None"]]
+
+
+def verdict_message(qbe: int, pkt_id: int, verdict: int, mark: int, payload: bytes) -> bytes:
+    """NFQNL_MSG_VERDICT for one packet with NFQA_PAYLOAD (and NFQA_MARK when ``mark >= 0``).
+
+    The kernel replaces the queued skb's data with the payload before reinjecting it
+    (nfnetlink_queue.c nfqnl_recv_verdict() -> nfqnl_mangle()); ``qbe`` is the queue number in
+    network order.
+    """
+    body = struct.pack("=BBH", 0, 0, qbe) + _nla(
+        NFQA_VERDICT_HDR, struct.pack("!II", verdict, pkt_id)
+    )
+    if mark >= 0:
+        body += _nla(NFQA_MARK, _U32BE.pack(mark))
+    body += _nla(NFQA_PAYLOAD, payload)
+    mtype = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT
+    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), mtype, NLM_F_REQUEST, 0, 0) + body
 
 
 class NetlinkQueue:
     """One bound NFQUEUE on a raw netlink socket, with batch verdicts.
 
-    ``handler(payload, indev, mark) -> (verdict, mark)`` decides one packet: verdict 1 accept,
-    0 drop; mark -1 leaves the packet's mark alone. ``on_error()`` gives the verdict for a
-    packet whose handler raised. ``batch_verdict`` is the verdict most packets get (accept on
-    an active node, drop on a passive one): those are answered by one batch message per burst.
+    ``handler(payload, indev, mark) -> (verdict, mark, new_payload)`` decides one packet:
+    verdict 1 accept, 0 drop; mark -1 leaves the packet's mark alone; new_payload None leaves
+    the packet alone, bytes replace it (NFQA_PAYLOAD, NAT). ``on_error()`` gives the verdict
+    for a packet whose handler raised. ``batch_verdict`` is the verdict most packets get
+    (accept on an active node, drop on a passive one): those are answered by one batch message
+    per burst; a packet with a mark or a new payload always gets its own verdict.
     """
 
     def __init__(
@@ -288,8 +309,18 @@ class NetlinkQueue:
         self._mv = memoryview(self._buf)
         self._qbe = socket.htons(num)
 
-    def _verdict(self, pkt_id: int, verdict: int, mark: int, batch: bool = False) -> None:
+    def _verdict(
+        self,
+        pkt_id: int,
+        verdict: int,
+        mark: int,
+        batch: bool = False,
+        payload: bytes | None = None,
+    ) -> None:
         mtype = (NFNL_SUBSYS_QUEUE << 8) | (NFQNL_MSG_VERDICT_BATCH if batch else NFQNL_MSG_VERDICT)
+        if payload is not None:  # never batched: NFQA_PAYLOAD belongs to one packet
+            self.sock.send(verdict_message(self._qbe, pkt_id, verdict, mark, payload))
+            return
         if mark < 0:
             msg = _VERDICT.pack(
                 32, mtype, NLM_F_REQUEST, 0, 0, 0, 0, self._qbe, 12, NFQA_VERDICT_HDR,
@@ -348,13 +379,13 @@ class NetlinkQueue:
             if pkt_id < 0:
                 continue
             try:
-                v, m = handler(payload, indev, mark)
+                v, m, new = handler(payload, indev, mark)
             except Exception:
-                v, m = self.on_error(), -1
-            if v == batch_v and m < 0:
+                v, m, new = self.on_error(), -1, None
+            if v == batch_v and m < 0 and new is None:
                 last = pkt_id
             else:
-                self._verdict(pkt_id, v, m)
+                self._verdict(pkt_id, v, m, payload=new)
         if last >= 0:
             self.batches += 1
             self._verdict(last, batch_v, -1, batch=True)

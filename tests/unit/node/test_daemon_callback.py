@@ -35,6 +35,9 @@ class FakePacket:
     def set_mark(self, m: int) -> None:
         self.mark = m
 
+    def set_payload(self, data: bytes) -> None:
+        self.data = data
+
     def accept(self) -> None:
         self._set("accept")
 
@@ -201,3 +204,25 @@ def test_control_handler_commands() -> None:
     assert d.handle({"cmd": "ping"})["ready"] is False  # never set up
     with pytest.raises(ValueError, match="unknown command"):
         d.handle({"cmd": "reboot"})
+
+
+@pytest.mark.parametrize("role", [Role.ACTIVE, Role.PASSIVE])
+def test_nat_hook_rewrites_only_accepted_packets_of_the_active_node(role: Role) -> None:
+    d, cb = make(role=role)
+    calls: list[tuple[int, int]] = []
+
+    def nat(data: bytes, ct: int, direction: int, conn: Any) -> bytes | None:
+        calls.append((ct, direction))
+        return b"rewritten" if direction == 0 else None
+
+    d.dp.nat = nat
+    pkts = [*handshake(), (tcp4(40001, 80, ACK, 1, 1, src=LAN, dst=WAN), 1)]  # last: dropped
+    out = [FakePacket(data, idx) for data, idx in pkts]
+    for p in out:
+        cb(p)
+    if role is Role.PASSIVE:
+        assert calls == [] and [p.verdict for p in out] == ["drop"] * 4
+        return
+    assert calls == [(1, 0), (2, 1), (2, 0)]  # NEW orig, ESTABLISHED reply, ESTABLISHED orig
+    assert [p.verdict for p in out] == ["accept", "accept", "accept", "drop"]
+    assert [p.data == b"rewritten" for p in out] == [True, False, True, False]

@@ -336,13 +336,13 @@ def make_queue(messages: list[bytes], handler):  # type: ignore[no-untyped-def]
 def test_netlink_batch_verdicts_answer_every_packet_once() -> None:
     seen: list[tuple[bytes, int, int]] = []
 
-    def handler(data: bytes, indev: int, mark: int) -> tuple[int, int]:
+    def handler(data: bytes, indev: int, mark: int) -> tuple[int, int, bytes | None]:
         seen.append((data, indev, mark))
         if data == b"drop":
-            return (0, -1)
+            return (0, -1, None)
         if data == b"mark":
-            return (1, mark | 0x80000000)
-        return (1, -1)
+            return (1, mark | 0x80000000, None)
+        return (1, -1, None)
 
     payloads = [b"a", b"drop", b"b", b"mark", b"c", b"d"]
     q = make_queue([packet_message(i + 10, p, mark=7) for i, p in enumerate(payloads)], handler)
@@ -356,10 +356,10 @@ def test_netlink_batch_verdicts_answer_every_packet_once() -> None:
 
 
 def test_netlink_passive_batches_drops_and_errors_follow_on_error() -> None:
-    def handler(data: bytes, indev: int, mark: int) -> tuple[int, int]:
+    def handler(data: bytes, indev: int, mark: int) -> tuple[int, int, bytes | None]:
         if data == b"boom":
             raise RuntimeError("bug")
-        return (0, -1)
+        return (0, -1, None)
 
     q = make_queue([packet_message(i, p) for i, p in enumerate([b"x", b"boom", b"y"])], handler)
     q.batch_verdict = 0
@@ -370,6 +370,34 @@ def test_netlink_passive_batches_drops_and_errors_follow_on_error() -> None:
 
 def test_netlink_ignores_non_packet_messages() -> None:
     ack = struct.pack("=IHHIIi", 36, 2, 0, 0, 0, 0) + b"\0" * 16
-    q = make_queue([ack], lambda d, i, m: (1, -1))
+    q = make_queue([ack], lambda d, i, m: (1, -1, None))
     q.drain()
     assert q.sock.sent == []  # type: ignore[attr-defined]
+
+
+def test_netlink_rewritten_payload_gets_its_own_verdict_with_nfqa_payload() -> None:
+    def handler(data: bytes, indev: int, mark: int) -> tuple[int, int, bytes | None]:
+        if data == b"nat":
+            return (1, -1, b"NATTED!")  # 7 bytes: the attribute is padded to 12
+        if data == b"natmark":
+            return (1, 0x10, b"M")
+        return (1, -1, None)
+
+    payloads = [b"a", b"nat", b"b", b"natmark", b"c"]
+    q = make_queue([packet_message(i + 1, p) for i, p in enumerate(payloads)], handler)
+    q.drain()
+    sent = q.sock.sent  # type: ignore[attr-defined]
+    assert [(k, i, v) for k, i, v, _ in verdicts(sent)] == [
+        ("one", 2, 1),
+        ("one", 4, 1),
+        ("batch", 5, 1),
+    ]
+    one, two = sent[0], sent[1]
+    assert struct.unpack_from("=I", one)[0] == len(one) == 20 + 12 + 12
+    assert struct.unpack_from("=HH", one, 32) == (11, 10)  # NFQA_PAYLOAD, 4 + 7 bytes
+    assert one[36:43] == b"NATTED!"
+    # verdict header, NFQA_MARK, NFQA_PAYLOAD
+    assert struct.unpack_from("=HH", two, 32) == (8, 3) and struct.unpack_from("!I", two, 36) == (
+        0x10,
+    )
+    assert struct.unpack_from("=HH", two, 40) == (5, 10) and two[44:45] == b"M"
