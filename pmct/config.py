@@ -26,8 +26,10 @@ from pathlib import Path
 from typing import Any, Final
 
 from pmct.conntrack.constants import TcpState
+from pmct.conntrack.helpers import HELPERS, assignments
 from pmct.conntrack.settings import DEFAULT_TCP_TIMEOUTS, Settings, Timeouts
 from pmct.errors import ConfigError
+from pmct.nat.rules import NatConfig, NatRuleError, parse_nat
 from pmct.node.policy import (
     ACTION_BY_NAME,
     CTSTATE_BY_NAME,
@@ -46,6 +48,7 @@ __all__ = [
     "ClusterConfig",
     "ClusterInterface",
     "Config",
+    "HelpersConfig",
     "InterfacesConfig",
     "MetricsConfig",
     "NodeConfig",
@@ -169,6 +172,22 @@ class SyncNodeConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HelpersConfig:
+    """The [helpers] section: which connections get a connection helper, by destination port.
+
+    Like an nftables ``ct helper`` object with a ``ct helper set`` rule per port (nft_ct.c),
+    not the kernel's old automatic assignment (nf_conntrack_helper=0 since 4.7): nothing has a
+    helper unless listed here. ``ports`` is ``((name, (port, ...)), ...)`` in file order.
+    """
+
+    ports: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+    def mapping(self) -> dict[str, tuple[int, ...]]:
+        """What ``Engine(helpers=...)`` takes: ``{"ftp": (21,), "tftp": (69,)}``."""
+        return {name: ports for name, ports in self.ports if ports}
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     node: NodeConfig = field(default_factory=NodeConfig)
     interfaces: InterfacesConfig = field(default_factory=InterfacesConfig)
@@ -178,6 +197,8 @@ class Config:
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     sync: SyncNodeConfig = field(default_factory=SyncNodeConfig)
+    helpers: HelpersConfig = field(default_factory=HelpersConfig)
+    nat: NatConfig = field(default_factory=NatConfig)  # [nat] (pmct/nat/rules.py, issue 8)
     source: str = "<default>"  # the file it came from, for messages
 
 
@@ -355,6 +376,8 @@ _SECTIONS: Final = (
     "policy",
     "metrics",
     "sync",
+    "helpers",
+    "nat",
 )
 
 
@@ -732,6 +755,54 @@ def _sync(ctx: _Ctx, d: Any, interfaces: InterfacesConfig) -> SyncNodeConfig:
     return cfg
 
 
+def _helpers(ctx: _Ctx, d: Any) -> HelpersConfig:
+    """``[helpers]``: ``name = port`` or ``name = [port, ...]`` for each helper in HELPERS;
+    ``[]`` switches a helper off. A port given twice, or one TCP/UDP port given to two
+    helpers, is an error (one ``ct helper set`` per port)."""
+    d = _table(ctx, d, "helpers", tuple(sorted(HELPERS)))
+    out: list[tuple[str, tuple[int, ...]]] = []
+    for name, v in d.items():
+        path = f"helpers.{name}"
+        items = v if isinstance(v, list) else [v]
+        ports: list[int] = []
+        for i, x in enumerate(items):
+            p = f"{path}[{i}]" if isinstance(v, list) else path
+            if isinstance(x, bool) or not isinstance(x, int):
+                raise ctx.error(p, f"must be a port number (1..65535), not {_tname(x)}")
+            port = _int(ctx, x, p, 1, 65535)
+            if port in ports:
+                raise ctx.error(path, f"lists port {port} twice")
+            ports.append(port)
+        out.append((name, tuple(ports)))
+    cfg = HelpersConfig(tuple(out))
+    try:
+        assignments(cfg.mapping())
+    except ValueError as e:
+        raise ctx.error("helpers", str(e)) from None
+    return cfg
+
+
+def _nat(ctx: _Ctx, d: Any, interfaces: InterfacesConfig, queue: QueueConfig) -> NatConfig:
+    """``[nat]``: pmct/nat/rules.py parses the rules (its NatRuleError names the key path);
+    here the node-level checks: a masquerade interface must be a data interface, and NAT
+    needs ``queue.gso = false``."""
+    try:
+        cfg = parse_nat(d)
+    except NatRuleError as e:
+        raise ctx.error(e.path, e.msg) from None
+    for i, r in enumerate(cfg.snat):
+        if r.masquerade and r.masquerade not in interfaces.data:
+            raise ctx.error(
+                f"nat.snat[{i}].masquerade",
+                f"{r.masquerade!r} is not a data interface ({', '.join(interfaces.data)})",
+            )
+    if cfg.enabled and queue.gso:
+        # A GSO super-packet arrives with a partial checksum (CHECKSUM_PARTIAL) and
+        # nfnetlink_queue.c nfqnl_mangle() marks a rewritten packet CHECKSUM_NONE.
+        raise ctx.error("nat", "needs queue.gso = false (a GSO packet cannot be rewritten)")
+    return cfg
+
+
 # ---------------------------------------------------------------------------- entry points
 
 
@@ -744,15 +815,18 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     ctx = _Ctx(source, text)
     _table(ctx, data, "", _SECTIONS)
     interfaces = _interfaces(ctx, data.get("interfaces", {}))
+    queue = _queue(ctx, data.get("queue", {}))
     return Config(
         node=_node(ctx, data.get("node", {})),
         interfaces=interfaces,
         cluster=_cluster(ctx, data.get("cluster", {}), interfaces.data),
-        queue=_queue(ctx, data.get("queue", {})),
+        queue=queue,
         conntrack=_conntrack(ctx, data.get("conntrack", {})),
         policy=_policy(ctx, data.get("policy", {}), interfaces.data),
         metrics=_metrics(ctx, data.get("metrics", {})),
         sync=_sync(ctx, data.get("sync", {}), interfaces),
+        helpers=_helpers(ctx, data.get("helpers", {})),
+        nat=_nat(ctx, data.get("nat", {}), interfaces, queue),
         source=source,
     )
 
@@ -778,6 +852,7 @@ def as_mapping(cfg: Config) -> Mapping[str, Any]:
         "node": dataclasses.asdict(cfg.node),
         "interfaces": {"data": list(cfg.interfaces.data), "sync": cfg.interfaces.sync},
         "queue": dataclasses.asdict(cfg.queue),
+        "helpers": {name: list(ports) for name, ports in cfg.helpers.ports},
     }
 
 
@@ -958,4 +1033,48 @@ initsync_rate = 0
 # HMAC-SHA256 over every sync packet with a key shared by all nodes: a root-only file holding
 # at least 16 bytes (surrounding whitespace is ignored). "" = no authentication.
 hmac_key_file = ""
+
+[helpers]
+# Connection helpers by destination port, like an nftables `ct helper` object set per port
+# (there is no automatic assignment, as in the kernel since 4.7). A helper reads a control
+# connection and announces the data connection it negotiates (an "expectation", listed by
+# `pmct conntrack -L expect`); that connection's first packet is then "related", which the
+# rule ctstate = ["established", "related"] above admits. Known helpers:
+#   ftp  = [21]     TCP: PORT, EPRT, PASV (227) and EPSV (229), IPv4 and IPv6
+#   tftp = [69]     UDP: the server's reply from its new port
+# A port or a list of ports; [] or no key = off. Nothing is assigned by default. Give both
+# nodes the same helpers: ct_sync replicates expectations (replicate mode, init sync), and a
+# node tracking in concurrent mode needs its own helper to see the control channel.
+
+[nat]
+# Source NAT / masquerade and port forwarding, done by pmct itself (docs/nat.md); off while no
+# rule is given. Both nodes need the same rules and seed: each computes the same binding for
+# the same packets, so the passive node's table matches the active one's and a failover keeps
+# NATed connections (ct_sync carries the binding where the two could differ).
+# The allocator's hash key (any string; the same on both nodes):
+#   seed = "office-pair-1"
+#
+# Source NAT from the LAN to the WAN, e.g.:
+#
+#   [[nat.snat]]
+#   src = ["198.18.1.0/24"]            # who is NATed (address or prefix, or a list)
+#   not_dst = ["198.18.1.0/24"]        # optional: destinations that are not
+#   masquerade = "wan0"                # the cluster addresses of a data interface (its own
+#                                      # addresses when it has none); or: to = "198.18.2.1"
+#   ports = "1024-65535"               # optional; default: keep the port's class, as the kernel
+#   proto = "tcp"                      # optional: tcp, udp, udplite, sctp, icmp, icmpv6
+#
+# Port forwarding from the WAN to a LAN host, e.g.:
+#
+#   [[nat.dnat]]
+#   dst = "198.18.2.1"                 # the public address (or prefix, or a list)
+#   proto = "tcp"                      # required
+#   dport = 8080                       # or "8000-8010"
+#   to = "198.18.1.2"
+#   to_port = 80                       # optional; a dport range maps onto to_port.. in order
+#   src = ["0.0.0.0/0"]                # optional: who may use the forward
+#
+# The policy above sees a packet as it arrived (before NAT): a rule admitting a forward names
+# the public address and port. Rules match the first packet of a connection only; the kernel
+# routes the rewritten packet by its new destination. Needs queue.gso = false.
 """

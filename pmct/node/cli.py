@@ -111,6 +111,10 @@ def status(
 
 
 def conntrack(
+    table: Annotated[
+        str,
+        typer.Argument(help='"conntrack" (the connections) or "expect" (pending expectations)'),
+    ] = "conntrack",
     dump: Annotated[bool, typer.Option("-L", "--dump", help="list the table")] = False,
     event: Annotated[bool, typer.Option("-E", "--event", help="follow NEW/UPDATE/DESTROY")] = False,
     stats: Annotated[bool, typer.Option("-S", "--stats", help="counters")] = False,
@@ -118,11 +122,27 @@ def conntrack(
     socket: SocketOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """The table in conntrack-tools' formats: -L list, -E events, -S counters."""
+    """The table in conntrack-tools' formats: -L list, -E events, -S counters.
+
+    "-L expect" lists the expectations of the connection helpers (config section "helpers").
+    """
     if dump + event + stats != 1:
         _fail("give exactly one of -L, -E, -S")
+    if table not in ("conntrack", "expect"):
+        _fail(f'unknown table {table!r}: "conntrack" or "expect"')
+    if table == "expect" and not dump:
+        _fail("only -L lists the expect table")
     sock = _socket_path(socket, config)
-    if dump:
+    if table == "expect":
+        res = _request(sock, "expect")
+        if as_json:
+            typer.echo(json.dumps(res["entries"], indent=1))
+        else:
+            for line in res["lines"]:
+                typer.echo(line)
+            n = len(res["lines"])
+            typer.echo(f"pmct (pmct-conntrack): {n} expectations have been shown.", err=True)
+    elif dump:
         res = _request(sock, "conntrack")
         if as_json:
             typer.echo(json.dumps(res["entries"], indent=1))

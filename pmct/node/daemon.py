@@ -222,7 +222,7 @@ class Daemon:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self.engine = Engine(cfg.conntrack, events=True)
+        self.engine = Engine(cfg.conntrack, events=True, helpers=cfg.helpers.mapping())
         self.ruleset = cfg.policy.ruleset()
         self.role = Role.ACTIVE if cfg.node.role == "active" else Role.PASSIVE
         self.t0 = time.monotonic()
@@ -684,6 +684,10 @@ class Daemon:
                 "lines": [format_conntrack_line(c, now) for c in conns],
                 "entries": [entry_to_dict(c, now) for c in conns],
             }
+        if cmd == "expect":  # conntrack -L expect (pmct/node/helpers.py)
+            from pmct.node.helpers import expect_listing
+
+            return expect_listing(self.engine, now)
         if cmd == "stats":
             return metrics.render_stats(self.status())
         raise ValueError(f"unknown command {cmd!r}")

@@ -7,6 +7,10 @@ what it returns, in the aioquic order (``QuicConnectionProtocol.datagram_receive
     datagrams from the socket  -> core.receive_datagram(d, now=)
     engine NEW/UPDATE/DESTROY  -> core.local_update / local_delete (a replicate master streams
                                   them; every other combination is a cheap no-op in the core)
+    expectation NEW/DESTROY    -> core.local_expect(exp_to_record / exp_delete_record), drained
+                                  from ``engine.expect.events`` at the start of every service()
+                                  (after the daemon handed over the table events, so a master
+                                  entry is queued before its expectations)
     now >= core.get_timer()    -> core.handle_timer(now=)
     then, every time           -> send core.datagrams_to_send(now=), drain core.next_event()
 
@@ -53,6 +57,7 @@ from typing import Any, Final
 
 from pmct.config import SyncNodeConfig
 from pmct.conntrack.core import Engine, EventType
+from pmct.conntrack.expect import EXP_NEW
 from pmct.node.transport import SyncTransport
 from pmct.sync.events import (
     InitSyncCompleted,
@@ -62,6 +67,7 @@ from pmct.sync.events import (
     StreamReset,
 )
 from pmct.sync.protocol import Role, SyncConfig, SyncProtocol, SyncState
+from pmct.sync.records import exp_delete_record, exp_to_record
 from pmct.sync.table import EngineTable
 
 __all__ = ["POLL", "SyncSetupError", "SyncShell", "load_key", "next_epoch", "sync_config"]
@@ -169,6 +175,10 @@ class SyncShell:
         self.on_role = on_role
         self.on_ready = on_ready
         self.streams = self.core.mode.streams_changes
+        # the EXPECT stream (issue 7): this shell is the consumer that drains the engine's
+        # expectation events (expect.py records them only once someone sets the list)
+        if engine.expect.events is None:
+            engine.expect.events = []
         self.tracks_wire = True
         self._ready = self.ready(now)
         self._update_tracking()
@@ -200,6 +210,7 @@ class SyncShell:
         """Read what waits on the socket, run the timer if due, send, handle events."""
         core = self.core
         self.next_poll = now + POLL
+        self.expect_events(now)
         send = self.transport.send
         for data in self.transport.recv_many(RECV_BATCH):
             core.receive_datagram(data, now=now)
@@ -223,6 +234,22 @@ class SyncShell:
                 core.local_delete(conn, now=now)
             else:
                 core.local_update(conn, now=now)
+
+    def expect_events(self, now: float) -> None:
+        """Expectation changes since the last call -> ``core.local_expect`` (a replicate master
+        streams them as EXP_UPDATE / EXP_DELETE, docs/protocol.md §4.5); elsewhere they are
+        dropped: a concurrent standby's helper sees the control channel itself, and an init
+        sync walk carries the live expectations (EngineTable.expectations)."""
+        table = self.engine.expect
+        if not table.events:
+            return
+        events = table.drain_events()
+        core = self.core
+        if not self.streams or core.role != Role.MASTER:
+            return
+        for kind, exp in events:
+            rec = exp_to_record(exp, now) if kind == EXP_NEW else exp_delete_record(exp)
+            core.local_expect(rec, now=now)
 
     def _flush(self, now: float) -> None:
         core = self.core
