@@ -20,7 +20,8 @@ Printed per N (nothing is asserted; both processes share this machine's CPUs):
   master from the walk's start to its INITSYNC_DONE, slave from start to ready);
 * for a throttled walk (``--rate``): the walk's duration from INITSYNC_BEGIN to INITSYNC_DONE
   as the slave saw them, the rate that gives, and the pacer's expectation
-  ``(N - burst) / rate`` (one packet of burst, docs/protocol.md §4.7).
+  ``(N - capacity) / rate``: the bucket starts full (one packet + the slack, pacer.py), then
+  the configured rate (docs/protocol.md §12).
 
 ``python -m pmct.node.bench_sync [--n 10000 100000 1000000] [--rate 4000] [--hmac]``; the
 ``worker`` sub-command is what runs inside each namespace.
@@ -43,6 +44,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+
+from pmct.sync.pacer import default_slack
 
 __all__ = ["bench_sync", "main", "run_bench"]
 
@@ -307,7 +310,8 @@ def run_bench(
                 n = int(rate * rate_seconds)
                 r = _one(pair, n, rate, key, timeout=600)
                 out.append(r)
-                burst = 52 if hmac else 53  # one packet's worth of records
+                quantum = 52 if hmac else 53  # one packet's worth of records
+                burst = quantum + default_slack(rate, quantum)  # the pacer's capacity
                 expect = (n - burst) / rate
                 print(
                     f"throttled to {rate:,.0f}/s: {n} entries, walk {r['walk']:.3f} s "

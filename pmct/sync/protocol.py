@@ -79,7 +79,7 @@ from pmct.sync.events import (
     StreamReset,
 )
 from pmct.sync.modes import MODE_NAMES, make_mode
-from pmct.sync.pacer import Pacer
+from pmct.sync.pacer import Pacer, default_slack
 from pmct.sync.records import delete_record, pack_conn
 from pmct.sync.seq import ReplayWindow, SeqClass, StreamRx
 from pmct.sync.table import SyncTable
@@ -230,7 +230,7 @@ class SyncConfig:
     initsync_retry: float = 1.0
     initsync_on_start: bool = True
     initsync_rate: float = 0.0  # records per second; 0 = unthrottled
-    initsync_burst: int = 0  # records; 0 = one packet's worth
+    initsync_burst: int = 0  # pacer slack above one packet (records); 0 = pacer.default_slack
     walk_burst_packets: int = 64  # walk packets per datagrams_to_send() call
     walk_timeout: float = 30.0  # a walk with no packet (slave) / no ACK (master) for this long
     walk_window: int = 0  # walk packets a requester may leave unacknowledged; 0 = backlog // 2
@@ -360,8 +360,10 @@ class SyncProtocol:
         self._now = now
         self._cap = config.max_datagram - HEADER.size - (HMAC_LEN if self._key else 0)
         self._per_packet = max(1, self._cap // CT_TCP4_LEN)
-        burst = config.initsync_burst or self._per_packet
-        self._burst = max(burst, 1)
+        # The walk waits for one packet's worth of records (the quantum); the bucket holds one
+        # slack more, so a late wake-up's tokens are carried, not lost (pacer.py, §12).
+        self._quantum = self._per_packet
+        slack = config.initsync_burst or default_slack(config.initsync_rate, self._quantum)
         self._events: deque[Event] = deque()
         self.drops: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.stats: dict[str, int] = dict.fromkeys(STAT_NAMES, 0)
@@ -387,7 +389,7 @@ class SyncProtocol:
         self._acks: dict[int, int] = {}  # follower -> its cumulative ACK of our stream
         self._walk_window = config.walk_window or config.backlog // 2
         self._walk_counter = 0
-        self._pacer = Pacer(config.initsync_rate, self._burst, now)
+        self._pacer = Pacer(config.initsync_rate, self._quantum + slack, now)
         self._served: dict[int, int] = {}
         self._refresh_keys: list[bytes] = []
         self._refresh_pos = 0
@@ -962,7 +964,7 @@ class SyncProtocol:
                     due.append(min(self._walk_for.values()) + self.config.walk_timeout)
                 else:
                     remaining = max(1, w.total - w.sent)
-                    due.append(max(self._now, self._pacer.next_time(min(self._burst, remaining))))
+                    due.append(max(self._now, self._pacer.next_time(min(self._quantum, remaining))))
             if self._refresh_due is not None:
                 due.append(self._refresh_due)
         else:
@@ -1180,7 +1182,7 @@ class SyncProtocol:
                 return
             remaining = w.total - w.sent
             allowance = pacer.available(now)
-            if allowance < min(self._burst, max(remaining, 1)):
+            if allowance < min(self._quantum, max(remaining, 1)):
                 return
             parts: list[bytes] = []
             size = 0

@@ -12,11 +12,12 @@ from pmct.sync.sim import sample_conn
 from pmct.sync.table import DictTable
 
 
-@pytest.mark.parametrize("rate", [1000.0, 4000.0])
+@pytest.mark.parametrize("rate", [1000.0, 4000.0, 25_000.0])
 def test_throttled_walk_runs_at_the_configured_rate(make_pair, rate: float) -> None:  # type: ignore[no-untyped-def]
     n = 10_000
     p = make_pair(conns=[sample_conn(i) for i in range(n)], master_cfg={"initsync_rate": rate})
-    per_packet = p.master._per_packet
+    quantum = p.master._quantum  # the walk waits for one packet's worth
+    capacity = p.master._pacer.capacity  # one packet + the slack (pacer.py)
     samples = []
     start = None
     while not p.settled() and p.net.now < 60:
@@ -26,11 +27,11 @@ def test_throttled_walk_runs_at_the_configured_rate(make_pair, rate: float) -> N
             start = start if start is not None else p.master._walk.started  # type: ignore[union-attr]
             samples.append((p.net.now - start, prog.done))
     assert p.diff() == []
-    for elapsed, done in samples:  # never ahead of the line, at most one packet behind it
-        line = per_packet + rate * elapsed  # burst (one packet) + rate * t
-        assert line - per_packet <= done <= line + 1e-6
+    for elapsed, done in samples:  # never ahead of the bucket, at most one packet behind it
+        line = capacity + rate * elapsed
+        assert line - quantum <= done <= line + 1e-6
     duration = p.net.now - start  # type: ignore[operator]
-    assert duration == pytest.approx((n - per_packet) / rate, abs=per_packet / rate + 0.01)
+    assert duration == pytest.approx((n - capacity) / rate, abs=quantum / rate + 0.01)
 
 
 def test_progress_and_readiness_events(make_pair) -> None:  # type: ignore[no-untyped-def]
