@@ -2,7 +2,7 @@
 # Install pmct and everything it needs on Debian 12, as root. Safe to run again.
 #
 #   bash scripts/install.sh          # system packages + venv with pmct, `pmct` on PATH
-#   bash scripts/install.sh --test   # the same, plus the test extras (pytest, hypothesis, ruff)
+#   bash scripts/install.sh --test   # the same, plus the test extras (pytest, hypothesis, ruff, matplotlib)
 #
 # What it does:
 #   1. apt: the tools pmct drives or is tested against (iproute2, nftables, conntrack, ...)
@@ -22,7 +22,7 @@ usage() { sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; }
 extras="[accel]"
 for arg in "$@"; do
     case "$arg" in
-        --test) extras="[test,accel]" ;;
+        --test) extras="[test,accel,study]" ;;  # study: matplotlib, so the plot tests run
         -h | --help) usage; exit 0 ;;
         *) echo "install.sh: unknown argument: $arg" >&2; usage >&2; exit 2 ;;
     esac
@@ -41,6 +41,7 @@ apt_packages=(
     python3 python3-venv python3-dev build-essential
     libnetfilter-queue-dev libnfnetlink-dev
     iptables nftables iproute2 iperf3 keepalived conntrack tcpdump ethtool curl iputils-ping
+    conntrackd  # the kernel+conntrackd strategy of the live study (pmct/study/live.py)
 )
 missing=()
 for p in "${apt_packages[@]}"; do
@@ -105,6 +106,6 @@ for mod in ("dpkt", "typer", "pyroute2", "pmct"):
 print(f"install.sh: ok: netfilterqueue {netfilterqueue.__file__}")
 EOF
 if [[ $extras == *test* ]]; then
-    "$venv/bin/python" -c 'import pytest, hypothesis' && echo "install.sh: ok: test extras"
+    "$venv/bin/python" -c 'import pytest, hypothesis, matplotlib' && echo "install.sh: ok: test extras"
 fi
 echo "install.sh: pmct -> $(readlink /usr/local/bin/pmct)"

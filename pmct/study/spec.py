@@ -12,6 +12,8 @@ Layout (configs/studies/default.toml is a complete, commented example)::
                restart_at, restart_downtime, failover_at
     [sync]     link_delay, send_window, announce_interval
     [metrics]  probe_packets, recover_tolerance, sample_interval, recover_window
+    [live]     the live level's traffic and timing (pmct/study/live_spec.py), read only
+               when [study] level = "live" (or ``pmct study --live``)
 
 Relative paths are relative to the TOML file's folder.
 """
@@ -20,13 +22,18 @@ from __future__ import annotations
 
 import math
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from pmct.errors import ConfigError
 
+if TYPE_CHECKING:
+    from pmct.study.live_spec import LiveSpec
+
 __all__ = [
+    "LEVELS",
+    "LIVE_STRATEGIES",
     "LOSS_MODELS",
     "STRATEGIES",
     "FaultSpec",
@@ -40,6 +47,9 @@ __all__ = [
 ]
 
 STRATEGIES: Final = ("none", "concurrent", "concurrent+resync", "replicate")
+# the live level adds the Linux kernel's tracker replicated by conntrackd (FTFW)
+LIVE_STRATEGIES: Final = (*STRATEGIES, "kernel+conntrackd")
+LEVELS: Final = ("simulation", "live")
 LOSS_MODELS: Final = ("random", "bursty")
 SOURCES: Final = ("generate", "pcap")
 
@@ -102,6 +112,8 @@ class StudySpec:
     sync: SyncSpec
     metrics: MetricSpec
     source: Path | None = None  # the TOML file, for the report
+    level: str = "simulation"  # "live": real daemons in the namespace lab (pmct/study/live.py)
+    live: LiveSpec | None = None  # the [live] section, parsed when level == "live"
 
 
 # ------------------------------------------------------------------ parsing helpers
@@ -190,14 +202,20 @@ class _Section:
             raise ConfigError(f"{self.where}: unknown key(s): {', '.join(unknown)}")
 
 
-def parse_study(data: dict[str, Any], *, base: Path | None = None) -> StudySpec:
-    """Build a StudySpec from parsed TOML; ``base`` resolves relative paths."""
+def parse_study(
+    data: dict[str, Any], *, base: Path | None = None, level: str | None = None
+) -> StudySpec:
+    """Build a StudySpec from parsed TOML; ``base`` resolves relative paths; ``level``
+    overrides [study] level (``pmct study --live``)."""
     root = _Section(data, "study file")
 
     st = root.table("study")
     name = st.str_("name", "study")
     seed = st.int_("seed", 1, 0, 2**63 - 1)
-    strategies = st.strs("strategies", STRATEGIES, STRATEGIES)
+    level = level or st.str_("level", "simulation", LEVELS)
+    st.seen.add("level")
+    choices = LIVE_STRATEGIES if level == "live" else STRATEGIES
+    strategies = st.strs("strategies", STRATEGIES, choices)
     st.done()
 
     tr = root.table("traffic")
@@ -272,13 +290,26 @@ def parse_study(data: dict[str, Any], *, base: Path | None = None) -> StudySpec:
         recover_window=me.float_("recover_window", dm.recover_window, 0.0),
     )
     me.done()
+    live = None
+    if level == "live":
+        from pmct.study.live_spec import parse_live
+
+        live = parse_live(root.table("live"), faults)
     root.done()
     return StudySpec(
-        name, seed, strategies, TrafficSpec(source, pcap_dir, gen), faults, sync, metrics
+        name,
+        seed,
+        strategies,
+        TrafficSpec(source, pcap_dir, gen),
+        faults,
+        sync,
+        metrics,
+        level=level,
+        live=live,
     )
 
 
-def load_study(path: Path) -> StudySpec:
+def load_study(path: Path, *, level: str | None = None) -> StudySpec:
     """Read and check a study file. Raises ConfigError with the file name on any problem."""
     try:
         with open(path, "rb") as f:
@@ -288,16 +319,7 @@ def load_study(path: Path) -> StudySpec:
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: not valid TOML: {e}") from None
     try:
-        spec = parse_study(data, base=path.resolve().parent)
+        spec = parse_study(data, base=path.resolve().parent, level=level)
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from None
-    return StudySpec(
-        spec.name,
-        spec.seed,
-        spec.strategies,
-        spec.traffic,
-        spec.faults,
-        spec.sync,
-        spec.metrics,
-        path,
-    )
+    return replace(spec, source=path)
