@@ -413,6 +413,9 @@ class Engine:
                     conn.helper = exp.helper
                     conn.status |= _HELPER
                     exp.helper.attach(conn)
+                fn = exp.expectfn
+                if fn is not None:  # a NAT helper's nf_nat_follow_master (pmct/nat/ftp.py)
+                    fn(conn, exp)
         ports = self.helper_ports
         if ports and not conn.status & _HELPER:
             key = conn.key

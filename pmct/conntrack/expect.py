@@ -33,7 +33,7 @@ IPEXP_DESTROY), numbered like the engine's EventType NEW / DESTROY.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
@@ -116,6 +116,10 @@ class Expectation:
     ``src``/``sport`` are the tuple's source half and ``src_mask``/``sport_mask`` its mask;
     ``helper`` is the helper the *expected* entry gets (kernel exp->helper; None for FTP and
     TFTP: the data connection has no helper of its own).
+    ``expectfn``, ``saved_port`` and ``dir`` are the kernel's NAT fields (exp->expectfn,
+    exp->saved_proto, exp->dir): a NAT helper (pmct/nat/ftp.py) sets them so that the expected
+    entry's NAT binding follows its master; the engine calls ``expectfn(conn, exp)`` when the
+    expectation is used (kernel init_conntrack()).
     """
 
     l3: int
@@ -132,6 +136,9 @@ class Expectation:
     helper: Any = None
     expires: float = 0.0
     id: int = 0
+    expectfn: Callable[[Conn, Expectation], None] | None = None
+    saved_port: int = 0
+    dir: int = 0
 
     def matches(self, proto: int, src: bytes, dst: bytes, sport: int, dport: int) -> bool:
         """kernel nf_ct_tuple_mask_cmp(tuple, &exp->tuple, &exp->mask)."""

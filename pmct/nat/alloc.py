@@ -51,6 +51,7 @@ __all__ = ["MAX_ATTEMPTS", "Nat", "default_port_range"]
 MAX_ATTEMPTS: Final = 128  # kernel NF_NAT_MAX_ATTEMPTS
 _SRC_NAT: Final = int(Status.SRC_NAT)
 _DST_NAT: Final = int(Status.DST_NAT)
+_NAT_DONE: Final = int(Status.SRC_NAT_DONE | Status.DST_NAT_DONE)
 _ICMPS: Final = frozenset({IPPROTO_ICMP, IPPROTO_ICMPV6})
 # Protocols whose source "port" NAT may change: real ports, and the ICMP id. GRE keys are
 # changed only for PPTP (kernel: "If there is no master conntrack we are not PPTP").
@@ -103,7 +104,15 @@ class Nat:
         self._snat = config.snat
         self._dnat = config.dnat
         self._hkey = hashlib.blake2s(b"pmct-nat:" + config.seed).digest()
-        self.stats = {"snat": 0, "dnat": 0, "kept": 0, "walked": 0, "null": 0, "failed": 0}
+        self.stats = {
+            "snat": 0,
+            "dnat": 0,
+            "kept": 0,
+            "walked": 0,
+            "null": 0,
+            "failed": 0,
+            "followed": 0,
+        }
 
     def _hash(self, data: bytes) -> int:
         return int.from_bytes(hashlib.blake2s(data, digest_size=8, key=self._hkey).digest(), "big")
@@ -114,6 +123,9 @@ class Nat:
         Sets ``conn.rkey`` and the SRC_NAT / DST_NAT bits when something changes; returns
         None, or the reason the packet must be dropped (no free tuple).
         """
+        if conn.status & _NAT_DONE:
+            # bound already: an expected entry that follows its master (pmct/nat/ftp.py)
+            return self._followed(conn, index, now)
         key = conn.key
         proto = conn.proto
         src, dst, sport, dport = _split(key)
@@ -197,6 +209,40 @@ class Nat:
         if ndst != dst or ndport != dport:
             status |= _DST_NAT
         conn.status = status
+        return None
+
+    def _followed(self, conn: Conn, index: Mapping[bytes, Conn], now: float) -> str | None:
+        """An entry bound by nf_nat_follow_master() (pmct/nat/ftp.py ``follow_master``): keep
+        its reply key if free; else, when its source was changed, walk the source port as
+        get_unique_tuple() does for the SRC manip (range without ports: the default range).
+
+        DEVIATION(kernel): the kernel checks uniqueness after the SRC manip only, on the tuple
+        whose destination is not yet rewritten, and lets a DST clash drop at confirmation; pmct
+        checks the final reply key once and drops at once with the usual reason.
+        pinned by tests/unit/nat/test_nat_ftp.py::test_follow_master_walks_taken_port
+        """
+        self.stats["followed"] += 1
+
+        def free(k: bytes) -> bool:
+            c = index.get(k)
+            return c is None or c is conn or c.expires <= now
+
+        if free(conn.rkey):
+            return None
+        if not conn.status & _SRC_NAT:
+            return self._fail()
+        proto = conn.proto
+        rsrc, rdst, rsport, _ = _split(conn.rkey)
+        sport = _split(conn.key)[2]
+
+        def rkey_of(a: bytes, p: int) -> bytes:
+            return make_key(proto, rsrc, a, rsport, p)
+
+        first, size = default_port_range(proto, sport)
+        p = self._walk(conn.key, first, size, rdst, rkey_of, free)
+        if p < 0:
+            return self._fail()
+        conn.rkey = rkey_of(rdst, p)
         return None
 
     def _walk(

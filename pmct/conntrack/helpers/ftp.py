@@ -30,6 +30,12 @@ the port is the low 16 bits of ``p1 << 8 | p2``; PORT/227 on an IPv6 control con
 overwrite only the first four bytes of the address (so they never match); the EPRT address is
 parsed with the kernel's own in4_pton()/in6_pton() state machine, transcribed below.
 
+NAT (kernel nf_nat_ftp_hook): when ``FtpHelper.nat_hook`` is set (pmct/nat/ftp.py
+``enable_ftp_nat()``) and the entry is NATed (SRC_NAT or DST_NAT), a match is handed to the hook
+with its type and the offset and length of the address text, exactly where the kernel calls
+nf_nat_ftp(); the hook registers the (possibly re-ported) expectation itself. None (the default)
+leaves this helper as it was.
+
 Per-connection data (kernel struct nf_ct_ftp_master) lives in ``conn.extra["ftp"]`` as an
 ``FtpInfo``. An entry that has the FTP helper but no FtpInfo was injected from the peer
 (ct_sync carries the helper's name, not its data): it gets SEQ_PICKUP in both directions, as
@@ -42,6 +48,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
+from pmct.conntrack.constants import Status
 from pmct.conntrack.expect import expect_init
 from pmct.conntrack.helpers.base import ESTABLISHED, ExpectPolicy, Helper
 from pmct.conntrack.keys import IPPROTO_TCP
@@ -51,7 +58,14 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
     from pmct.conntrack.conn import Conn
-    from pmct.conntrack.expect import ExpectTable
+    from pmct.conntrack.expect import Expectation, ExpectTable
+
+    # kernel nf_nat_ftp_hook: (conn, dir, ftptype, datagram, payload start, payload end,
+    # matchoff, matchlen, seq, expectation, expectations, now) -> drop reason or None
+    NatFtpHook = Callable[
+        [Conn, int, int, bytes, int, int, int, int, int, Expectation, ExpectTable, float],
+        str | None,
+    ]
 
 __all__ = [
     "EXTRA_KEY",
@@ -70,6 +84,13 @@ FTP_POLICY: Final = ExpectPolicy(max_expected=1, timeout=5 * 60.0)  # ftp_exp_po
 
 _NL: Final = 0x0A
 _CR: Final = 0x0D
+_NAT_MASK: Final = int(Status.SRC_NAT | Status.DST_NAT)
+
+# kernel enum nf_ct_ftp_type (what nf_nat_ftp formats)
+FTP_PORT_CMD: Final = 0  # NF_CT_FTP_PORT
+FTP_PASV: Final = 1  # NF_CT_FTP_PASV (227)
+FTP_EPRT: Final = 2  # NF_CT_FTP_EPRT
+FTP_EPSV: Final = 3  # NF_CT_FTP_EPSV (229)
 
 
 class FtpInfo:
@@ -88,11 +109,14 @@ class FtpInfo:
 
 @dataclass(slots=True)
 class _Cmd:
-    """kernel struct nf_conntrack_man: what a command announces (address, port)."""
+    """kernel struct nf_conntrack_man: what a command announces (address, port); plus the
+    kernel's matchoff / matchlen (where the numbers are in the payload, for NAT)."""
 
     l3: int
     addr: bytearray
     port: int = 0
+    off: int = 0
+    length: int = 0
 
 
 # ---------------------------------------------------------------------------------- numbers
@@ -139,6 +163,7 @@ def _try_rfc1123(data: bytes, cmd: _Cmd, term: int) -> int:
     """kernel try_rfc1123(): the 227 reply; scan for the first digit (RFC 1123 4.1.2.6)."""
     for i, c in enumerate(data):
         if _isdigit(c):
+            cmd.off += i  # kernel: *offset += i
             return _try_rfc959(data[i:], cmd, 0)
     return 0
 
@@ -371,22 +396,24 @@ class _Search:
     skip: int  # skip up to and over this character first (0: none)
     term: int  # what must end the numbers (0: anything)
     getnum: Callable[[bytes, _Cmd, int], int]
+    ftptype: int  # kernel enum nf_ct_ftp_type
 
 
 SEARCH: Final = (
     (  # IP_CT_DIR_ORIGINAL: commands from the client
-        _Search(b"port", "PORT", 0x20, _CR, _try_rfc959),
-        _Search(b"eprt", "EPRT", 0x20, _CR, _try_eprt),
+        _Search(b"port", "PORT", 0x20, _CR, _try_rfc959, FTP_PORT_CMD),
+        _Search(b"eprt", "EPRT", 0x20, _CR, _try_eprt, FTP_EPRT),
     ),
     (  # IP_CT_DIR_REPLY: replies from the server
-        _Search(b"227 ", "227 ", 0, 0, _try_rfc1123),
-        _Search(b"229 ", "229 ", 0x28, 0x29, _try_epsv_response),
+        _Search(b"227 ", "227 ", 0, 0, _try_rfc1123, FTP_PASV),
+        _Search(b"229 ", "229 ", 0x28, 0x29, _try_epsv_response, FTP_EPSV),
     ),
 )
 
 
 def find_pattern(data: bytes, row: _Search, cmd: _Cmd) -> int:
-    """kernel find_pattern(): 1 match (``cmd`` filled), 0 no match, -1 partial match."""
+    """kernel find_pattern(): 1 match (``cmd`` filled, ``cmd.off``/``cmd.length`` the kernel's
+    numoff/numlen), 0 no match, -1 partial match."""
     dlen = len(data)
     pattern = row.pattern
     plen = len(pattern)
@@ -401,7 +428,9 @@ def find_pattern(data: bytes, row: _Search, cmd: _Cmd) -> int:
         if j < 0:
             return -1
         i = j + 1
-    if not row.getnum(data[i:], cmd, row.term):
+    cmd.off = i
+    cmd.length = row.getnum(data[i:], cmd, row.term)
+    if not cmd.length:
         return -1
     return 1
 
@@ -444,7 +473,7 @@ def ftp_info(conn: Conn) -> FtpInfo:
 class FtpHelper(Helper):
     """kernel nf_conntrack_ftp: ``help()`` for TCP port 21 (or what is configured)."""
 
-    __slots__ = ("loose",)
+    __slots__ = ("loose", "nat_hook")
 
     name = "ftp"
     l4proto = IPPROTO_TCP
@@ -453,6 +482,8 @@ class FtpHelper(Helper):
 
     def __init__(self, *, loose: bool = False) -> None:
         self.loose = loose  # kernel module parameter nf_conntrack_ftp.loose
+        # kernel nf_nat_ftp_hook: set by pmct.nat.ftp.enable_ftp_nat(); None = no FTP NAT
+        self.nat_hook: NatFtpHook | None = None
 
     def attach(self, conn: Conn) -> None:
         extra = conn.extra
@@ -521,9 +552,25 @@ class FtpHelper(Helper):
                     recorded = False
             if recorded:
                 exp = expect_init(conn, 0, conn.l3, there_src, daddr, IPPROTO_TCP, None, cmd.port)
-                # DEVIATION(kernel): with NAT on the entry the kernel hands the match to
-                # nf_nat_ftp, which rewrites the command; pmct's NAT does not mangle payloads.
-                if expect.related(exp, FTP_POLICY, now) is not None:
+                # "Now, NAT might want to mangle the packet, and register the (possibly
+                # changed) expectation itself."
+                nat = self.nat_hook
+                if nat is not None and conn.status & _NAT_MASK:
+                    reason = nat(
+                        conn,
+                        d,
+                        row.ftptype,
+                        data,
+                        start,
+                        end,
+                        cmd.off,
+                        cmd.length,
+                        seq,
+                        exp,
+                        expect,
+                        now,
+                    )
+                elif expect.related(exp, FTP_POLICY, now) is not None:
                     # "Can't expect this?  Best to drop packet now."
                     reason = "nf_ct_ftp: dropping packet: cannot add expectation"
         if ends_in_nl:

@@ -25,8 +25,14 @@ Rules:
 5. SEEN_REPLY is set by the core after this returns (kernel nf_conntrack_in()), so the first
    reply packet sees it unset here, like in the kernel; CONFIRMED is set by the core too.
 
-Not modelled (no pmct feature needs them): NAT sequence adjustment (nf_ct_seq_offset() is 0),
-SYN proxy, per-rule timeout policies (nf_ct_timeout_lookup()), flow offload.
+NAT sequence adjustment (kernel nf_ct_seq_offset() in tcp_in_window()): an entry whose payload
+a NAT helper resized (the FTP NAT helper, pmct/nat/ftp.py) has the SEQ_ADJUST status bit and its
+offsets in ``conn.extra[SEQADJ_KEY]`` (layout in pmct/nat/seqadj.py); ack and SACK are taken
+back into the sender's original numbering before the window check. Entries without the bit pay
+one status test per checked segment.
+
+Not modelled (no pmct feature needs them): SYN proxy, per-rule timeout policies
+(nf_ct_timeout_lookup()), flow offload.
 
 Verification: tests/unit/conntrack/test_tcp.py holds scenarios with the answers of the kernel
 the oracle runs (Linux 6.18, kernel_oracle.py), test_tcp_fuzz.py digests of ~17,000 random
@@ -67,9 +73,11 @@ __all__ = [
     "IP_CT_TCP_FLAG_SACK_PERM",
     "IP_CT_TCP_FLAG_WINDOW_SCALE",
     "IP_CT_TCP_SIMULTANEOUS_OPEN",
+    "SEQADJ_KEY",
     "can_early_drop",
     "error",
     "packet",
+    "seq_offset",
 ]
 
 # Per-direction flags (kernel IP_CT_TCP_FLAG_*, include/uapi/linux/netfilter/nf_conntrack_tcp.h).
@@ -119,6 +127,10 @@ _CONFIRMED: Final = int(Status.CONFIRMED)
 _SEEN_REPLY: Final = int(Status.SEEN_REPLY)
 _ASSURED: Final = int(Status.ASSURED)
 _FIXED_TIMEOUT: Final = int(Status.FIXED_TIMEOUT)
+_SEQ_ADJUST: Final = int(Status.SEQ_ADJUST)
+# conn.extra key of the NAT sequence offsets [pos0, before0, after0, pos1, before1, after1]
+# (kernel struct nf_conn_seqadj; written by pmct/nat/seqadj.py)
+SEQADJ_KEY: Final = "seqadj"
 
 # Indices into Conn.tw (conn.TW_FIELDS).
 _LAST_SEQ: Final = 6
@@ -706,7 +718,11 @@ def packet(
             and (doff != 32 or not data.startswith(_TSTAMP_ONLY, l4off + 20))
         ):
             sack = _sack(data, l4off + 20, doff - 20, ack)
-        # (NAT sequence adjustment would shift ack and sack here; pmct does no NAT.)
+        if conn.status & _SEQ_ADJUST:
+            # "Take into account NAT sequence number mangling"
+            off = seq_offset(conn, 1 - d, ack - 1)  # receiver_offset
+            ack = (ack - off) & MASK32
+            sack = (sack - off) & MASK32
         s_end = tw[sb]
         s_maxwin = tw[sb + 2]
         accepted = False
@@ -874,6 +890,23 @@ def _over_window(
 
 
 # ------------------------------------------------------------------------- can_early_drop
+
+
+def seq_offset(conn: Conn, d: int, seq: int) -> int:
+    """kernel nf_ct_seq_offset(): the NAT shift of direction ``d`` at sequence number ``seq``
+    (0 for an entry no NAT helper resized)."""
+    extra = conn.extra
+    if extra is None:
+        return 0
+    adj = extra.get(SEQADJ_KEY)
+    if adj is None:
+        return 0
+    i = 3 * d
+    pos = int(adj[i])
+    # after(seq, correction_pos) ? offset_after : offset_before
+    if ((pos - seq) & MASK32) >= 0x80000000:
+        return int(adj[i + 2])
+    return int(adj[i + 1])
 
 
 def can_early_drop(conn: Conn) -> bool:
