@@ -884,7 +884,12 @@ def run_live(spec: StudySpec, *, progress: bool = True, stream: TextIO | None = 
     load0 = _uptime()
     results: dict[LiveScenario, LiveResult] = {}
     for sc in todo:
-        results[sc] = run_scenario(spec, sc)
+        try:
+            results[sc] = run_scenario(spec, sc)
+        except LabError as e:  # one retry: a lab step can time out on a loaded machine
+            res = run_scenario(spec, sc)
+            res.notes.append(f"second attempt (the first failed: {str(e)[:120]})")
+            results[sc] = res
         if bar is not None:
             bar.step(sc.label)
     load = f"load average before {load0}, after {_uptime()}"
