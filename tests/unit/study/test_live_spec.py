@@ -47,7 +47,7 @@ def test_kernel_conntrackd_is_a_live_strategy_only() -> None:
     ("over", "msg"),
     [
         ({"live__flowz": 1}, "unknown key"),
-        ({"faults__miss_model": ["bursty"]}, "only \"random\""),
+        ({"faults__miss_model": ["bursty"]}, 'only "random"'),
         ({"faults__failover_at": [2.0]}, "warm-up"),
         ({"faults__restart_at": [9.5]}, "must be back"),
         ({"live__flows": 0, "live__iperf_mbit": 0.0}, "no TCP session"),
