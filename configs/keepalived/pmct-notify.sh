@@ -6,8 +6,9 @@
 #   notify_fault  "/etc/keepalived/pmct-notify.sh fault /run/pmct/fw-a"
 #   notify_stop   "/etc/keepalived/pmct-notify.sh stop /run/pmct/fw-a"
 #
-# MASTER -> `pmct promote`; BACKUP, FAULT and STOP -> `pmct demote`. The second argument is
-# the node's run_dir (node.run_dir in its pmct config; it holds control.sock).
+# MASTER -> `pmct promote`; BACKUP, FAULT and STOP -> `pmct demote`, or, if no daemon answers
+# (it died), the fence: `nft -f RUN_DIR/fence.nft` silences the data interfaces. The second
+# argument is the node's run_dir (node.run_dir in its pmct config; it holds control.sock).
 #
 # Order: keepalived starts one script per transition and does not wait for it, so two quick
 # transitions (MASTER then BACKUP) run concurrently and could finish in the wrong order,
@@ -77,6 +78,15 @@ else
     # shellcheck disable=SC2086  # PMCT may be a command with arguments
     $pmct "$action" --socket "$run_dir/control.sock" >/dev/null 2>&1
     rc=$?
+fi
+# A demote that finds no daemon: the daemon died. With fail = "open" its queue rules still
+# bypass to the kernel, which would go on forwarding unfiltered next to the new master, so
+# silence the data interfaces with the batch the daemon left for this (pmct/node/fence.py).
+if [ "$rc" -ne 0 ] && [ "$action" = demote ] && [ -f "$run_dir/fence.nft" ]; then
+    if nft -f "$run_dir/fence.nft" 2>/dev/null; then
+        action=fence
+        rc=0
+    fi
 fi
 say "$action $rc"
 exit $rc

@@ -1,4 +1,4 @@
-"""The node's sub-commands of ``pmct``: run, status, conntrack, promote, demote, lab.
+"""The node's sub-commands of ``pmct``: run, status, conntrack, promote, demote, fence, lab.
 
 ``register(app)`` adds them to the main typer app (pmct/cli.py). Each command is a few lines
 over control.py (talk to a running daemon), daemon.py (run one) or pmct.lab (the netns lab).
@@ -191,6 +191,37 @@ def demote(socket: SocketOpt = None, config: ConfigOpt = None) -> None:
     typer.echo(f"{res['role']}{'' if res['changed'] else ' (already)'}")
 
 
+def fence(
+    run_dir: Annotated[
+        Path | None,
+        typer.Option("--run-dir", help="the daemon's node.run_dir (holds fence.nft)"),
+    ] = None,
+    config: ConfigOpt = None,
+    release: Annotated[
+        bool, typer.Option("--release", help="remove the silence instead of installing it")
+    ] = False,
+) -> None:
+    """Silence this node's data interfaces without the daemon (after it died).
+
+    With fail = "open" a killed active daemon leaves the kernel forwarding every packet
+    unfiltered (--queue-bypass); this installs the passive role's layer-2 drop from the
+    RUN_DIR/fence.nft the daemon wrote at start. keepalived's notify script does the same
+    when a demote finds no daemon. A daemon that starts again replaces it.
+    """
+    from pmct.node import fence as fence_mod
+
+    if run_dir is None:
+        run_dir = Path(_load(config).node.run_dir) if config is not None else Path("/run/pmct")
+    try:
+        if release:
+            fence_mod.release()
+            typer.echo("released")
+        else:
+            typer.echo(f"fenced ({fence_mod.fence(str(run_dir))})")
+    except fence_mod.FenceError as e:
+        _fail(str(e), 1)
+
+
 def register(app: typer.Typer) -> None:
     """Add the node's commands (and the ``lab`` group) to the main app."""
     app.command()(run)
@@ -198,6 +229,7 @@ def register(app: typer.Typer) -> None:
     app.command()(conntrack)
     app.command()(promote)
     app.command()(demote)
+    app.command()(fence)
     from pmct.lab.cli import lab_app
 
     app.add_typer(lab_app, name="lab")

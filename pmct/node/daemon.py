@@ -51,7 +51,7 @@ from typing import Any, Final
 from pmct.config import Config
 from pmct.conntrack.constants import CTSTATE_NAMES, CtState, Status
 from pmct.conntrack.core import Engine, EventType
-from pmct.node import metrics
+from pmct.node import fence, metrics
 from pmct.node.control import ControlError, ControlServer
 from pmct.node.datapath import Datapath, NfqCallback
 from pmct.node.forwarding import REQUESTS, Forwarding, Role, StateFile
@@ -267,6 +267,7 @@ class Daemon:
         self.forwarding: Forwarding | None = None
         self.systemd = _Systemd()
         self.sync: SyncShell | None = None  # ct_sync, when [sync] enabled
+        self.fence_file: str | None = None  # RUN_DIR/fence.nft while we run (fence.py)
         self.tracks_wire = True  # False: a replicate-mode standby (its table is the stream)
         self.sync_due = float("inf")  # the packet path services ct_sync from this time on
         self._wakeup_r = -1
@@ -347,6 +348,8 @@ class Daemon:
         os.makedirs(cfg.node.run_dir, mode=0o755, exist_ok=True)
         # The control socket first: it refuses to start next to a running daemon.
         self.control = ControlServer(cfg.node.control_socket, self.handle)
+        # Before anything can forward: how to silence this node if the daemon dies (fence.py).
+        self.fence_file = fence.write(cfg.node.run_dir, cfg.interfaces.data)
         self.links = links = Links(self.ifnames)
         for name in (*cfg.interfaces.data, *([cfg.interfaces.sync] if cfg.interfaces.sync else [])):
             links.index(name)  # raises LinkError naming a missing interface
@@ -440,6 +443,8 @@ class Daemon:
         if self.control is not None:
             steps.append(("control socket", self.control.close))
         steps.append(("state file", self.state_file.remove))
+        if self.fence_file is not None:  # a clean exit leaves nothing that forwards
+            steps.append(("fence file", lambda: fence.remove(self.cfg.node.run_dir)))
         if self.links is not None:
             steps.append(("netlink", self.links.close))
         for what, step in steps:
