@@ -796,6 +796,12 @@ def _nat(ctx: _Ctx, d: Any, interfaces: InterfacesConfig, queue: QueueConfig) ->
                 f"nat.snat[{i}].masquerade",
                 f"{r.masquerade!r} is not a data interface ({', '.join(interfaces.data)})",
             )
+    if cfg.enabled and queue.fail_open:
+        # Fail open lets a packet pass that pmct did not rewrite: an outbound one leaks the
+        # LAN address, an inbound one for the public address is delivered to this node's own
+        # stack, which answers with a TCP RST and kills the NATed connection (seen in the lab
+        # while a dying active node's queue is unbound: --queue-bypass).
+        raise ctx.error("nat", 'needs queue.fail = "closed" (an un-NATed packet must not pass)')
     if cfg.enabled and queue.gso:
         # A GSO super-packet arrives with a partial checksum (CHECKSUM_PARTIAL) and
         # nfnetlink_queue.c nfqnl_mangle() marks a rewritten packet CHECKSUM_NONE.
@@ -1076,5 +1082,7 @@ hmac_key_file = ""
 #
 # The policy above sees a packet as it arrived (before NAT): a rule admitting a forward names
 # the public address and port. Rules match the first packet of a connection only; the kernel
-# routes the rewritten packet by its new destination. Needs queue.gso = false.
+# routes the rewritten packet by its new destination. Needs queue.fail = "closed" (a packet
+# that passed un-NATed would leak a LAN address or reach this node's own stack, which resets
+# the connection) and queue.gso = false.
 """

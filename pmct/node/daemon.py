@@ -55,6 +55,7 @@ from pmct.node import fence, metrics
 from pmct.node.control import ControlError, ControlServer
 from pmct.node.datapath import Datapath, NfqCallback
 from pmct.node.forwarding import REQUESTS, Forwarding, Role, StateFile
+from pmct.node.natshell import NatShell, link_addresses
 from pmct.node.netfilter import QueueRules, Silence
 from pmct.node.netlink import LinkError, Links
 from pmct.node.nfqueue import NetlinkQueue, Queue, read_queue_stats
@@ -268,6 +269,7 @@ class Daemon:
         self.systemd = _Systemd()
         self.sync: SyncShell | None = None  # ct_sync, when [sync] enabled
         self.fence_file: str | None = None  # RUN_DIR/fence.nft while we run (fence.py)
+        self.nat: NatShell | None = None  # NAT (natshell.py), when [nat] has rules
         self.tracks_wire = True  # False: a replicate-mode standby (its table is the stream)
         self.sync_due = float("inf")  # the packet path services ct_sync from this time on
         self._wakeup_r = -1
@@ -365,6 +367,11 @@ class Daemon:
                 links.set_mac(ci.name, ci.mac)
             for a in ci.addresses:
                 links.add_address(ci.name, a)
+        if cfg.nat.enabled:  # before the queue: every entry gets its binding from the start
+            self.nat = NatShell(cfg.nat, cfg.cluster, lambda name: link_addresses(links, name))
+            self.nat.attach(self.engine)  # active and passive alike: the same bindings
+            NatShell.kernel_settings(links, cfg.interfaces.data)
+            self.dp.nat = self.nat.packet  # used by the active node only (datapath.py)
         if cfg.sync.enabled:  # before the queue: a replicate standby never tracks the wire
             self.sync = SyncShell(
                 cfg.sync,
@@ -759,6 +766,7 @@ class Daemon:
             "event_subscribers": self.control.subscribers if self.control is not None else 0,
             "announcements": self.forwarding.announced if self.forwarding else 0,
             "sync": self.sync.status(now) if self.sync is not None else {"state": "not configured"},
+            "nat": dict(self.nat.status()) if self.nat is not None else {"state": "not configured"},
         }
 
 
