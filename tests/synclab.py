@@ -36,8 +36,10 @@ def sync_toml(
     transport: str = "unicast",
     rate: float = 0,
     key_file: str = "",
+    address: str = "",
 ) -> str:
-    address = GROUP if transport == "multicast" else SYNC_IP[PEER[fw]]
+    """``address``: the peer (unicast) or the group (multicast); default the IPv4 lab ones."""
+    address = address or (GROUP if transport == "multicast" else SYNC_IP[PEER[fw]])
     return (
         f"\n[sync]\nenabled = true\nnode_id = {NODE_ID[fw]}\npeers = [{NODE_ID[PEER[fw]]}]\n"
         f'mode = "{mode}"\ntransport = "{transport}"\naddress = "{address}"\nport = {PORT}\n'

@@ -113,13 +113,17 @@ def next_epoch(path: str, wall: float) -> int:
     return epoch
 
 
-def sync_config(cfg: SyncNodeConfig, key: bytes | None) -> SyncConfig:
-    """The core's settings from the node's [sync] section (the rest keep the core defaults)."""
+def sync_config(
+    cfg: SyncNodeConfig, key: bytes | None, max_datagram: int | None = None
+) -> SyncConfig:
+    """The core's settings from the node's [sync] section (the rest keep the core defaults);
+    ``max_datagram``: the transport's ``max_payload`` (the sync interface's MTU, IPv4 or IPv6)."""
     return SyncConfig(
         node_id=cfg.node_id,
         peers=frozenset(cfg.peers),
         mode=cfg.mode,
         hmac_key=key,
+        max_datagram=max_datagram or 1472,
         backlog=cfg.backlog,
         reorder_limit=cfg.backlog,
         initsync_rate=cfg.initsync_rate,
@@ -158,11 +162,11 @@ class SyncShell:
         self.cfg = cfg
         self.engine = engine
         key = load_key(cfg.hmac_key_file) if cfg.hmac_key_file else None
-        self.config = sync_config(cfg, key)
         self.epoch = next_epoch(os.path.join(run_dir, "sync-epoch"), time.time())
         self.transport = transport or SyncTransport(
             iface, cfg.address, cfg.port, multicast=cfg.transport == "multicast"
         )
+        self.config = sync_config(cfg, key, getattr(self.transport, "max_payload", None))
         self.core = SyncProtocol(
             self.config,
             EngineTable(engine),

@@ -23,12 +23,23 @@ Rules:
    link cannot starve the packet loop.
 3. Buffers are large (SO_RCVBUFFORCE / SO_SNDBUFFORCE as root): an unthrottled init sync keeps
    up to half the backlog (512 datagrams, ~750 KB) in flight.
+4. Datagrams fit the interface (``max_payload``: its MTU minus the IPv4/IPv6 and UDP headers,
+   1472 / 1452 bytes at MTU 1500), so ct_sync never relies on IP fragmentation, which IPv6
+   routers do not do and which loses a whole datagram with any one fragment.
+
+IPv6 (RFC 4007 scopes): a link-local peer (``fe80::/10``) or a group of interface-local or
+link-local scope (``ff01::/16``, ``ff02::/16``) is only meaningful together with an interface;
+the scope is always the sync interface (its index goes into every destination's ``scope_id``,
+and the group is joined there). An address written with a zone (``fe80::2%sync0``) must name
+the sync interface. Wider multicast scopes (site ``ff05::``, organisation ``ff08::``) are
+joined on the sync interface as well, with hop limit 1: ct_sync never leaves its link.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import ipaddress
 import socket
 import struct
@@ -44,6 +55,10 @@ _SO_BINDTODEVICE: Final = getattr(socket, "SO_BINDTODEVICE", 25)
 _SO_RCVBUFFORCE: Final = getattr(socket, "SO_RCVBUFFORCE", 33)
 _SO_SNDBUFFORCE: Final = getattr(socket, "SO_SNDBUFFORCE", 32)
 _IP_MULTICAST_ALL: Final = 49  # linux/in.h; not in the socket module
+_IPV6_MULTICAST_ALL: Final = 29  # linux/in6.h
+_SIOCGIFMTU: Final = 0x8921  # linux/sockios.h
+JUMBO_PAYLOAD: Final = 9000 - 28  # largest datagram used even on lo (MTU 65536): bounds the backlog
+MIN_PAYLOAD: Final = 576  # what SyncConfig.max_datagram accepts at least
 # Send errors that mean "this datagram is lost", not "the transport is broken".
 _LOST: Final = frozenset(
     {
@@ -66,6 +81,26 @@ class TransportError(RuntimeError):
     """The sync socket cannot be set up (the message names the interface and address)."""
 
 
+def _address(text: str, iface: str) -> _Addr:
+    """A peer or group address; a zone (``%name`` or ``%index``) must be the sync interface."""
+    try:
+        addr = ipaddress.ip_address(text)
+    except ValueError:
+        raise TransportError(f"sync: {text!r} is not an IP address") from None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id is not None:
+        zone = addr.scope_id
+        try:
+            same = zone == iface or int(zone) == socket.if_nametoindex(iface)
+        except (ValueError, OSError):
+            same = False
+        if not same:
+            raise TransportError(
+                f"sync: {text} is scoped to {zone!r}, not the sync interface {iface!r}"
+            )
+        addr = ipaddress.IPv6Address(text.split("%", 1)[0])
+    return addr
+
+
 class SyncTransport:
     """One UDP socket for ct_sync on ``iface``.
 
@@ -81,7 +116,7 @@ class SyncTransport:
     ) -> None:
         if not peers:
             raise TransportError("sync: no peer address")
-        addrs = [ipaddress.ip_address(p) for p in peers]
+        addrs = [_address(p, iface) for p in peers]
         fams = {a.version for a in addrs}
         if len(fams) != 1:
             raise TransportError("sync: peer addresses mix IPv4 and IPv6")
@@ -107,13 +142,14 @@ class SyncTransport:
             self.sock.close()
             raise TransportError(f"sync socket on {iface} port {port}: {e.strerror or e}") from e
         self.sock.setblocking(False)
+        self.ifindex = ifindex
         self.dests: list[tuple[str, int] | tuple[str, int, int, int]]
         if self.v6:
-            self.dests = [(str(a), port, 0, ifindex if a.is_link_local else 0) for a in addrs]
+            # every destination is scoped to the sync interface (a global one ignores it)
+            self.dests = [(str(a), port, 0, ifindex) for a in addrs]
         else:
             self.dests = [(str(a), port) for a in addrs]
-        if multicast and self.v6:
-            self.dests = [(str(addrs[0]), port, 0, ifindex)]
+        self.max_payload = self._max_payload()
 
     def _setup(self, addrs: list[_Addr], ifindex: int) -> None:
         s = self.sock
@@ -140,6 +176,8 @@ class SyncTransport:
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_IF, ifindex)
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)
             s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)
+            with contextlib.suppress(OSError):  # Linux >= 4.20
+                s.setsockopt(socket.IPPROTO_IPV6, _IPV6_MULTICAST_ALL, 0)
         else:
             s.bind((str(group), self.port))
             mreqn = group.packed + bytes(4) + struct.pack("@i", ifindex)  # struct ip_mreqn
@@ -150,6 +188,18 @@ class SyncTransport:
             # only this group, not every group some other socket of the host joined
             with contextlib.suppress(OSError):
                 s.setsockopt(socket.IPPROTO_IP, _IP_MULTICAST_ALL, 0)
+
+    def _max_payload(self) -> int:
+        """The largest UDP payload that leaves the sync interface unfragmented (rule 4)."""
+        try:
+            ifr = fcntl.ioctl(
+                self.sock.fileno(), _SIOCGIFMTU, struct.pack("16si", self.iface.encode(), 0)
+            )
+            mtu = struct.unpack("16si", ifr)[1]
+        except OSError:
+            mtu = 1500
+        payload = mtu - (40 if self.v6 else 20) - 8
+        return max(MIN_PAYLOAD, min(payload, JUMBO_PAYLOAD))
 
     def fileno(self) -> int:
         return self.sock.fileno()

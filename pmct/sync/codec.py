@@ -25,7 +25,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final
+from typing import ClassVar, Final
 
 from pmct.conntrack.keys import IPPROTO_TCP, PORTED_PROTOS
 from pmct.errors import MalformedMessage
@@ -175,15 +175,15 @@ _compare = hmac.compare_digest
 
 
 class BadVersion(MalformedMessage):
-    reason = "bad_version"
+    reason: ClassVar[str] = "bad_version"  # a class attribute also when compiled (mypyc)
 
 
 class Unauthenticated(MalformedMessage):
-    reason = "unauthenticated"
+    reason: ClassVar[str] = "unauthenticated"  # a class attribute also when compiled (mypyc)
 
 
 class HmacUnexpected(MalformedMessage):
-    reason = "hmac_unexpected"
+    reason: ClassVar[str] = "hmac_unexpected"  # a class attribute also when compiled (mypyc)
 
 
 def _bad(what: str) -> MalformedMessage:
