@@ -1,0 +1,244 @@
+"""pmct's FTP NAT against the kernel's nf_nat_ftp on the same packets.
+
+A Linux router namespace masquerades a LAN client (curl) towards a pyftpdlib server, with the
+FTP conntrack helper and nf_nat_ftp (built in here). Offloads are off, so every captured packet
+is one wire packet. The router's two interfaces are captured; the packets *entering* the router
+(client -> server on the LAN side, server -> client on the WAN side) are fed, in capture order,
+to a pmct engine with the same masquerade, the FTP helper and the FTP NAT hook, and what pmct
+would forward (``nat_packet`` then ``ftp_nat_packet``) is compared with what the kernel
+forwarded, flow by flow and packet by packet: addresses, ports, seq, ack, flags, TCP options
+(SACK blocks) and payload (the rewritten PORT / EPRT / 227 / 229 text). The TTL, IP id and
+checksums are not compared (the kernel's forwarding decrements the TTL; pmct's node leaves that
+to the kernel's routing).
+
+Sessions: active PORT and EPRT (the commands grow: 10,0,0,2 -> 198,51,100,1), two transfers
+on one control connection (two rewrites, offsets accumulate), passive PASV and EPSV.
+
+Namespaces get unique names and are always deleted; the FTP server and tcpdump are stopped by
+pid.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+
+import dpkt
+import pytest
+
+from pmct.conntrack.constants import CtState
+from pmct.conntrack.core import Engine
+from pmct.nat.alloc import Nat
+from pmct.nat.ftp import disable_ftp_nat, enable_ftp_nat, ftp_nat_packet
+from pmct.nat.rewrite import nat_packet
+from pmct.nat.rules import parse_nat
+from pmct.nat.seqadj import get_seqadj
+from pmct.replay import iter_frames
+from pmct.wire.link import ip_from_frame
+
+pytestmark = [pytest.mark.netns]
+
+CLIENT, LAN_GW = "10.0.0.2", "10.0.0.1"
+WAN, SERVER = "198.51.100.1", "198.51.100.5"
+
+A_BIN = bytes(range(256)) * 80  # 20 KiB: several data segments
+B_TXT = b"hello\n" * 50
+
+RULESET = """
+table ip pmctnatftp {
+  ct helper ftp-21 { type "ftp" protocol tcp; }
+  chain pre { type filter hook prerouting priority 0; tcp dport 21 ct helper set "ftp-21"; }
+  chain post { type nat hook postrouting priority 100; oifname "r_wan" masquerade; }
+}
+"""
+
+SERVER_PY = """
+import logging, sys
+from pyftpdlib.authorizers import DummyAuthorizer
+from pyftpdlib.handlers import FTPHandler
+from pyftpdlib.servers import FTPServer
+logging.basicConfig(level=logging.ERROR)
+a = DummyAuthorizer(); a.add_anonymous(sys.argv[1])
+FTPHandler.authorizer = a
+FTPHandler.passive_ports = range(60000, 60100)
+FTPHandler.permit_foreign_addresses = True
+FTPServer(("198.51.100.5", 21), FTPHandler).serve_forever()
+"""
+
+
+def sh(ns: str, cmd: str) -> str:
+    r = subprocess.run(
+        ["ip", "netns", "exec", ns, "sh", "-c", cmd],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    if r.returncode:
+        raise RuntimeError(f"{ns}: {cmd}: {r.stderr.strip()}")
+    return r.stdout
+
+
+@pytest.fixture
+def captures() -> Iterator[tuple[Path, Path, list[str]]]:
+    """Run the sessions through a kernel router; yield (lan.pcap, wan.pcap, curl outputs)."""
+    for tool in ("tcpdump", "curl"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"needs {tool}")
+    try:
+        import pyftpdlib  # noqa: F401
+    except ImportError:
+        pytest.skip("needs pyftpdlib (pip install -e '.[test]')")
+    tag = f"{os.getpid() % 100000}"
+    c, r, s = f"pnfc{tag}", f"pnfr{tag}", f"pnfs{tag}"
+    tmp = Path(tempfile.mkdtemp(prefix="pmct-natftp-"))
+    procs: list[subprocess.Popen[bytes]] = []
+    made: list[str] = []
+    try:
+        for ns in (c, r, s):
+            subprocess.run(["ip", "netns", "add", ns], check=True)
+            made.append(ns)
+            sh(ns, "ip link set lo up")
+        subprocess.run(
+            ["ip", "link", "add", "c_lan", "netns", c, "type", "veth", "peer", "r_lan", "netns", r],
+            check=True,
+        )
+        subprocess.run(
+            ["ip", "link", "add", "s_wan", "netns", s, "type", "veth", "peer", "r_wan", "netns", r],
+            check=True,
+        )
+        off = "ethtool -K {} tso off gso off gro off tx off rx off >/dev/null 2>&1 || true"
+        sh(c, f"ip addr add {CLIENT}/24 dev c_lan; ip link set c_lan up; {off.format('c_lan')}")
+        sh(c, f"ip route add default via {LAN_GW}")
+        sh(s, f"ip addr add {SERVER}/24 dev s_wan; ip link set s_wan up; {off.format('s_wan')}")
+        sh(r, f"ip addr add {LAN_GW}/24 dev r_lan; ip link set r_lan up; {off.format('r_lan')}")
+        sh(r, f"ip addr add {WAN}/24 dev r_wan; ip link set r_wan up; {off.format('r_wan')}")
+        sh(r, "sysctl -qw net.ipv4.ip_forward=1")
+        subprocess.run(
+            ["ip", "netns", "exec", r, "nft", "-f", "-"], input=RULESET, text=True, check=True
+        )
+        root = tmp / "root"
+        root.mkdir()
+        (root / "a.bin").write_bytes(A_BIN)
+        (root / "b.txt").write_bytes(B_TXT)
+        srv = tmp / "server.py"
+        srv.write_text(SERVER_PY)
+        procs.append(
+            subprocess.Popen(
+                ["ip", "netns", "exec", s, "python3", str(srv), str(root)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
+        lan, wan = tmp / "lan.pcap", tmp / "wan.pcap"
+        for ifname, out in (("r_lan", lan), ("r_wan", wan)):
+            tcpdump = ["tcpdump", "-i", ifname, "-U", "-s", "0", "-w", str(out), "tcp"]
+            procs.append(
+                subprocess.Popen(
+                    ["ip", "netns", "exec", r, *tcpdump],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if "198.51.100.5:21" in sh(s, "ss -ltn"):
+                break
+            time.sleep(0.2)
+        time.sleep(1.0)  # tcpdump attached
+        url = f"ftp://{SERVER}"
+        outputs = []
+        for args in (
+            f"-P {CLIENT} --disable-eprt {url}/a.bin {url}/b.txt",  # PORT twice, one session
+            f"-P {CLIENT} {url}/b.txt",  # EPRT
+            f"--disable-epsv {url}/a.bin",  # PASV (227)
+            f"{url}/b.txt",  # EPSV (229)
+        ):
+            outputs.append(sh(c, f"curl -s --max-time 20 {args} | md5sum"))
+        time.sleep(1.0)
+        yield lan, wan, outputs
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        for ns in made:
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _packets(path: Path) -> list[tuple[float, int, bytes]]:
+    out = []
+    for fr in iter_frames(path):
+        data = ip_from_frame(fr.data, fr.linktype)
+        if data is not None and data[0] == 0x45 and data[9] == 6:
+            out.append((fr.ts, fr.idx, data))
+    return out
+
+
+def _view(data: bytes) -> tuple[bytes, bytes, int, int, int, int, int, bytes, bytes]:
+    """What is compared: addresses, ports, seq, ack, flags, TCP options, payload."""
+    ip = dpkt.ip.IP(data)
+    t = ip.data
+    return (ip.src, ip.dst, t.sport, t.dport, t.seq, t.ack, t.flags, bytes(t.opts), bytes(t.data))
+
+
+def test_pmct_rewrites_ftp_like_the_kernel(captures: tuple[Path, Path, list[str]]) -> None:
+    lan, wan, outputs = captures
+    want = [A_BIN + B_TXT, B_TXT, A_BIN, B_TXT]  # what each curl run wrote to stdout
+    assert [o.split()[0] for o in outputs] == [hashlib.md5(w).hexdigest() for w in want]
+    cli, wan_addr = bytes(map(int, CLIENT.split("."))), bytes(map(int, WAN.split(".")))
+    inputs: list[tuple[float, int, bytes]] = []
+    kernel_out: dict[tuple[bytes, bytes, int, int], list[tuple[object, ...]]] = defaultdict(list)
+    for ts, idx, data in _packets(lan):
+        if data[12:16] == cli:
+            inputs.append((ts, idx, data))
+        elif data[16:20] == cli:
+            v = _view(data)
+            kernel_out[v[:4]].append(v)
+    for ts, idx, data in _packets(wan):
+        if data[16:20] == wan_addr:
+            inputs.append((ts, 100000 + idx, data))
+        elif data[12:16] == wan_addr:
+            v = _view(data)
+            kernel_out[v[:4]].append(v)
+    inputs.sort()
+    assert inputs, "nothing captured"
+
+    enable_ftp_nat(b"kernel-check")
+    try:
+        e = Engine(helpers={"ftp": [21]})
+        cfg = {"seed": "kernel-check", "snat": [{"src": ["10.0.0.0/24"], "to": WAN}]}
+        e.nat_bind = Nat(parse_nat(cfg)).bind
+        pmct_out: dict[tuple[bytes, bytes, int, int], list[tuple[object, ...]]] = defaultdict(list)
+        t0 = inputs[0][0]
+        for i, (_, _, data) in enumerate(inputs):
+            st, d, conn = e.process_ip(data, t0 + i / 10_000)
+            if st in (int(CtState.INVALID), int(CtState.DROPPED), int(CtState.HELD)):
+                continue
+            out = ftp_nat_packet(nat_packet(data, st, d, conn), st, d, conn)
+            assert out is not None
+            v = _view(out)
+            pmct_out[v[:4]].append(v)
+        assert e.invalid_reasons == {}
+        offsets = [get_seqadj(c) for c in e.conns() if get_seqadj(c) is not None]
+    finally:
+        disable_ftp_nat()
+
+    assert set(pmct_out) == set(kernel_out)
+    rewritten = 0
+    for flow, kpkts in kernel_out.items():
+        assert pmct_out[flow] == kpkts, f"flow {flow} differs"
+        rewritten += sum(1 for v in kpkts if bytes(v[8])[:4] in (b"PORT", b"EPRT", b"227 "))
+    assert rewritten >= 4  # two PORTs, an EPRT and a 227 at least
+    assert offsets, "the PORT/EPRT rewrites changed lengths: offsets expected"
