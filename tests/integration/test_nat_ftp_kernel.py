@@ -12,7 +12,9 @@ checksums are not compared (the kernel's forwarding decrements the TTL; pmct's n
 to the kernel's routing).
 
 Sessions: active PORT and EPRT (the commands grow: 10,0,0,2 -> 198,51,100,1), two transfers
-on one control connection (two rewrites, offsets accumulate), passive PASV and EPSV.
+on one control connection (two rewrites, offsets accumulate), passive PASV and EPSV; over IPv6
+with NAT66 masquerade, EPRT |2| (the kernel prints the address uncompressed, %pI6: +32 bytes)
+and EPSV. Measured when written: 310 forwarded packets in 26 flows, all equal.
 
 Namespaces get unique names and are always deleted; the FTP server and tcpdump are stopped by
 pid.
@@ -23,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
 import time
@@ -47,12 +50,19 @@ pytestmark = [pytest.mark.netns]
 
 CLIENT, LAN_GW = "10.0.0.2", "10.0.0.1"
 WAN, SERVER = "198.51.100.1", "198.51.100.5"
+CLIENT6, LAN_GW6 = "fd00::2", "fd00::1"
+WAN6, SERVER6 = "2001:db8:ffff::1", "2001:db8:ffff::5"
 
 A_BIN = bytes(range(256)) * 80  # 20 KiB: several data segments
 B_TXT = b"hello\n" * 50
 
 RULESET = """
 table ip pmctnatftp {
+  ct helper ftp-21 { type "ftp" protocol tcp; }
+  chain pre { type filter hook prerouting priority 0; tcp dport 21 ct helper set "ftp-21"; }
+  chain post { type nat hook postrouting priority 100; oifname "r_wan" masquerade; }
+}
+table ip6 pmctnatftp6 {
   ct helper ftp-21 { type "ftp" protocol tcp; }
   chain pre { type filter hook prerouting priority 0; tcp dport 21 ct helper set "ftp-21"; }
   chain post { type nat hook postrouting priority 100; oifname "r_wan" masquerade; }
@@ -69,7 +79,7 @@ a = DummyAuthorizer(); a.add_anonymous(sys.argv[1])
 FTPHandler.authorizer = a
 FTPHandler.passive_ports = range(60000, 60100)
 FTPHandler.permit_foreign_addresses = True
-FTPServer(("198.51.100.5", 21), FTPHandler).serve_forever()
+FTPServer(("::", 21), FTPHandler).serve_forever()
 """
 
 
@@ -120,7 +130,11 @@ def captures() -> Iterator[tuple[Path, Path, list[str]]]:
         sh(s, f"ip addr add {SERVER}/24 dev s_wan; ip link set s_wan up; {off.format('s_wan')}")
         sh(r, f"ip addr add {LAN_GW}/24 dev r_lan; ip link set r_lan up; {off.format('r_lan')}")
         sh(r, f"ip addr add {WAN}/24 dev r_wan; ip link set r_wan up; {off.format('r_wan')}")
-        sh(r, "sysctl -qw net.ipv4.ip_forward=1")
+        sh(c, f"ip -6 addr add {CLIENT6}/64 dev c_lan nodad; ip -6 route add default via {LAN_GW6}")
+        sh(s, f"ip -6 addr add {SERVER6}/64 dev s_wan nodad")
+        sh(r, f"ip -6 addr add {LAN_GW6}/64 dev r_lan nodad")
+        sh(r, f"ip -6 addr add {WAN6}/64 dev r_wan nodad")
+        sh(r, "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1")
         subprocess.run(
             ["ip", "netns", "exec", r, "nft", "-f", "-"], input=RULESET, text=True, check=True
         )
@@ -149,7 +163,7 @@ def captures() -> Iterator[tuple[Path, Path, list[str]]]:
             )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            if "198.51.100.5:21" in sh(s, "ss -ltn"):
+            if ":21 " in sh(s, "ss -ltn"):
                 break
             time.sleep(0.2)
         time.sleep(1.0)  # tcpdump attached
@@ -160,6 +174,8 @@ def captures() -> Iterator[tuple[Path, Path, list[str]]]:
             f"-P {CLIENT} {url}/b.txt",  # EPRT
             f"--disable-epsv {url}/a.bin",  # PASV (227)
             f"{url}/b.txt",  # EPSV (229)
+            f"-g -P {CLIENT6} 'ftp://[{SERVER6}]/b.txt'",  # EPRT |2| through NAT66
+            f"-g 'ftp://[{SERVER6}]/a.bin'",  # EPSV over IPv6
         ):
             outputs.append(sh(c, f"curl -s --max-time 20 {args} | md5sum"))
         time.sleep(1.0)
@@ -178,38 +194,50 @@ def captures() -> Iterator[tuple[Path, Path, list[str]]]:
 
 
 def _packets(path: Path) -> list[tuple[float, int, bytes]]:
+    """TCP over IPv4 (no options) or IPv6 (no extension headers)."""
     out = []
     for fr in iter_frames(path):
         data = ip_from_frame(fr.data, fr.linktype)
-        if data is not None and data[0] == 0x45 and data[9] == 6:
+        if data is None:
+            continue
+        if (data[0] == 0x45 and data[9] == 6) or (data[0] >> 4 == 6 and data[6] == 6):
             out.append((fr.ts, fr.idx, data))
     return out
 
 
+def _addrs(data: bytes) -> tuple[bytes, bytes]:
+    if data[0] >> 4 == 4:
+        return data[12:16], data[16:20]
+    return data[8:24], data[24:40]
+
+
 def _view(data: bytes) -> tuple[bytes, bytes, int, int, int, int, int, bytes, bytes]:
     """What is compared: addresses, ports, seq, ack, flags, TCP options, payload."""
-    ip = dpkt.ip.IP(data)
+    ip = dpkt.ip.IP(data) if data[0] >> 4 == 4 else dpkt.ip6.IP6(data)
     t = ip.data
     return (ip.src, ip.dst, t.sport, t.dport, t.seq, t.ack, t.flags, bytes(t.opts), bytes(t.data))
 
 
 def test_pmct_rewrites_ftp_like_the_kernel(captures: tuple[Path, Path, list[str]]) -> None:
     lan, wan, outputs = captures
-    want = [A_BIN + B_TXT, B_TXT, A_BIN, B_TXT]  # what each curl run wrote to stdout
+    want = [A_BIN + B_TXT, B_TXT, A_BIN, B_TXT, B_TXT, A_BIN]  # what each curl run wrote
     assert [o.split()[0] for o in outputs] == [hashlib.md5(w).hexdigest() for w in want]
-    cli, wan_addr = bytes(map(int, CLIENT.split("."))), bytes(map(int, WAN.split(".")))
+    clients = {socket.inet_pton(socket.AF_INET, CLIENT), socket.inet_pton(socket.AF_INET6, CLIENT6)}
+    wans = {socket.inet_pton(socket.AF_INET, WAN), socket.inet_pton(socket.AF_INET6, WAN6)}
     inputs: list[tuple[float, int, bytes]] = []
     kernel_out: dict[tuple[bytes, bytes, int, int], list[tuple[object, ...]]] = defaultdict(list)
     for ts, idx, data in _packets(lan):
-        if data[12:16] == cli:
+        src, dst = _addrs(data)
+        if src in clients:
             inputs.append((ts, idx, data))
-        elif data[16:20] == cli:
+        elif dst in clients:
             v = _view(data)
             kernel_out[v[:4]].append(v)
     for ts, idx, data in _packets(wan):
-        if data[16:20] == wan_addr:
+        src, dst = _addrs(data)
+        if dst in wans:
             inputs.append((ts, 100000 + idx, data))
-        elif data[12:16] == wan_addr:
+        elif src in wans:
             v = _view(data)
             kernel_out[v[:4]].append(v)
     inputs.sort()
@@ -218,7 +246,13 @@ def test_pmct_rewrites_ftp_like_the_kernel(captures: tuple[Path, Path, list[str]
     enable_ftp_nat(b"kernel-check")
     try:
         e = Engine(helpers={"ftp": [21]})
-        cfg = {"seed": "kernel-check", "snat": [{"src": ["10.0.0.0/24"], "to": WAN}]}
+        cfg = {
+            "seed": "kernel-check",
+            "snat": [
+                {"src": ["10.0.0.0/24"], "to": WAN},
+                {"src": ["fd00::/64"], "to": WAN6},
+            ],
+        }
         e.nat_bind = Nat(parse_nat(cfg)).bind
         pmct_out: dict[tuple[bytes, bytes, int, int], list[tuple[object, ...]]] = defaultdict(list)
         t0 = inputs[0][0]
@@ -240,5 +274,5 @@ def test_pmct_rewrites_ftp_like_the_kernel(captures: tuple[Path, Path, list[str]
     for flow, kpkts in kernel_out.items():
         assert pmct_out[flow] == kpkts, f"flow {flow} differs"
         rewritten += sum(1 for v in kpkts if bytes(v[8])[:4] in (b"PORT", b"EPRT", b"227 "))
-    assert rewritten >= 4  # two PORTs, an EPRT and a 227 at least
+    assert rewritten >= 5  # two PORTs, two EPRTs and a 227 at least
     assert offsets, "the PORT/EPRT rewrites changed lengths: offsets expected"
