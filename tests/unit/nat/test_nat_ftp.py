@@ -600,3 +600,58 @@ def test_plain_entries_cost_one_test() -> None:
     conn = Conn(1, b"k", b"r", 4, 6)
     assert ftp_nat_packet(pkt, EST, 0, conn) is pkt
     assert ftp_nat_packet(pkt, EST, 0, None) is pkt
+
+
+# ---------------------------------------------------------------------------------- IPv6
+
+
+def tcp6(
+    src: str, dst: str, sport: int, dport: int, flags: int, seq: int, ack: int, data: bytes = b""
+) -> bytes:
+    t = dpkt.tcp.TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack, win=8192, data=data)
+    ip = dpkt.ip6.IP6(
+        src=socket.inet_pton(socket.AF_INET6, src),
+        dst=socket.inet_pton(socket.AF_INET6, dst),
+        nxt=6,
+        hlim=64,
+        data=t,
+    )
+    ip.plen = len(bytes(t))
+    ip.extension_hdrs = {}
+    return bytes(ip)
+
+
+def test_eprt_through_nat66() -> None:
+    """EPRT |2| gets the public IPv6 address uncompressed (kernel %pI6; checked against the
+    kernel in tests/integration/test_nat_ftp_kernel.py), and the data connection follows."""
+    cfg = {"seed": "lab", "snat": [{"src": ["fd00::/64"], "to": "2001:db8:ffff::1"}]}
+    e = Engine(helpers={"ftp": [21]})
+    e.nat_bind = Nat(parse_nat(cfg)).bind
+    c6, s6, p6 = "fd00::2", "2001:db8:5::5", "2001:db8:ffff::1"
+
+    def go(pkt: bytes) -> tuple[int, int, bytes | None]:
+        st, d, conn = e.process_ip(pkt, 1.0)
+        return st, d, ftp_nat_packet(nat_packet(pkt, st, d, conn), st, d, conn)
+
+    assert go(tcp6(c6, s6, 4000, 21, SYN, 100, 0))[0] == NEW
+    assert go(tcp6(s6, p6, 21, 4000, SYNACK, 900, 101))[0] == EST
+    go(tcp6(c6, s6, 4000, 21, ACK, 101, 901))
+    go(tcp6(s6, p6, 21, 4000, PSHACK, 901, 101, b"220 hi\r\n"))
+    go(tcp6(c6, s6, 4000, 21, PSHACK, 101, 909, b"USER a\r\n"))
+    st, _, out = go(tcp6(c6, s6, 4000, 21, PSHACK, 109, 909, b"EPRT |2|fd00::2|50000|\r\n"))
+    assert st == EST and out is not None
+    ip = dpkt.ip6.IP6(out)
+    assert bytes(ip.data.data) == b"EPRT |2|2001:0db8:ffff:0000:0000:0000:0000:0001|50000|\r\n"
+    seg = out[40:]
+    pseudo = out[8:40] + struct.pack("!IxxxB", len(seg), 6)
+    assert (
+        dpkt.in_cksum(pseudo + seg[:16] + b"\0\0" + seg[18:])
+        == struct.unpack_from("!H", seg, 16)[0]
+    )
+    assert ip.plen == len(seg)
+    # the server acks the 32 bytes longer stream
+    st, d, out = go(tcp6(s6, p6, 21, 4000, ACK, 909, 109 + 24 + 32))
+    assert (st, d) == (EST, 1) and out is not None and dpkt.ip6.IP6(out).data.ack == 133
+    st, d, out = go(tcp6(s6, p6, 20, 50000, SYN, 5000, 0))
+    assert (st, d) == (REL, 0) and out is not None
+    assert dpkt.ip6.IP6(out).dst == socket.inet_pton(socket.AF_INET6, c6)
