@@ -17,7 +17,9 @@ left for the node is I/O and wiring, and it is small:
 3. ``packet(data, ctstate, dir, conn)`` is the datapath's NAT step (datapath.py
    ``Datapath.nat``): the active node's accepted packets are rewritten (pmct/nat/rewrite.py)
    and the new datagram goes back to the kernel in the NFQUEUE verdict (nfnetlink_queue.c
-   nfqnl_mangle()). ``None`` means "unchanged"; an un-NATed entry costs one bit test.
+   nfqnl_mangle()). ``None`` means "unchanged"; an un-NATed entry costs one bit test. FTP
+   control connections also get their pending PORT/227 rewrite and sequence adjustment there
+   (pmct/nat/ftp.py ``ftp_nat_packet``; ``attach`` installs the FTP helper's NAT hook).
 4. ``kernel_settings(links)``: a packet rewritten in raw PREROUTING is routed afterwards by its
    new header (ip_rcv_finish() runs after the PREROUTING hook). A SNATed packet from the LAN,
    and the reply of a forwarded connection, then carry the node's own cluster address as
@@ -35,25 +37,49 @@ import ipaddress
 import logging
 import socket
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
+from pmct.conntrack.constants import Status
 from pmct.conntrack.core import Engine
 from pmct.nat.alloc import Nat
+from pmct.nat.ftp import disable_ftp_nat, enable_ftp_nat, ftp_nat_packet
 from pmct.nat.rewrite import NAT_MASK, nat_packet
 from pmct.nat.rules import NatConfig
 
-__all__ = ["NatShell", "cluster_addresses", "nat_payload", "resolve_masquerade"]
+__all__ = ["NatShell", "cluster_addresses", "link_addresses", "nat_payload", "resolve_masquerade"]
 
 log = logging.getLogger("pmct.nat")
+
+# Entries the NAT step must look at: NATed ones, and FTP control connections (pending PORT/227
+# rewrite, sequence adjustment: pmct/nat/ftp.py).
+_STEP_MASK: Final = NAT_MASK | int(Status.SEQ_ADJUST) | int(Status.HELPER)
+_FTP_MASK: Final = int(Status.SEQ_ADJUST) | int(Status.HELPER)
+SEQADJ_FAILED = [0]  # packets ftp_nat_packet() wanted dropped (see nat_payload)
 
 AddressLookup = Callable[[str], list[bytes]]
 
 
 def nat_payload(data: bytes, ctstate: int, d: int, conn: Any) -> bytes | None:
-    """The datapath's NAT step: the rewritten datagram, or None when nothing changes."""
-    if conn is None or not conn.status & NAT_MASK:
+    """The datapath's NAT step: the rewritten datagram, or None when nothing changes.
+
+    Kernel order: the NAT manip (nf_nat_manip_pkt()), then the helper's payload rewrite and
+    the sequence adjustment at confirmation (nf_confirm(): helper, nf_ct_seq_adjust()).
+    DEVIATION(kernel): when the sequence adjustment fails on malformed TCP options the kernel
+    drops the packet; the datapath's NAT step cannot drop, so the packet leaves with its
+    addresses rewritten but its sequence numbers unadjusted (counted in SEQADJ_FAILED).
+    """
+    if conn is None:
         return None
-    out = nat_packet(data, ctstate, d, conn)
+    status = conn.status
+    if not status & _STEP_MASK:
+        return None
+    out = nat_packet(data, ctstate, d, conn) if status & NAT_MASK else data
+    if status & _FTP_MASK:
+        f = ftp_nat_packet(out, ctstate, d, conn)
+        if f is None:
+            SEQADJ_FAILED[0] += 1
+        else:
+            out = f
     return None if out is data else out
 
 
@@ -100,7 +126,7 @@ def _text(a: bytes) -> str:
 class NatShell:
     """One node's NAT: the allocator (``nat``), its engine hook and its datapath step."""
 
-    __slots__ = ("config", "masquerade", "nat")
+    __slots__ = ("config", "ftp", "masquerade", "nat")
 
     def __init__(self, cfg: NatConfig, cluster: Any = None, lookup: AddressLookup | None = None):
         self.config, self.masquerade = resolve_masquerade(cfg, cluster, lookup)
@@ -111,6 +137,7 @@ class NatShell:
                 log.info("nat: masquerade %s -> %s", name, ", ".join(map(_text, addrs)))
         self._warn_unanswered(cluster)
         self.nat = Nat(self.config)
+        self.ftp: Any = None
 
     def _warn_unanswered(self, cluster: Any) -> None:
         """A public address the cluster does not own gets no ARP answer from the active node."""
@@ -132,8 +159,15 @@ class NatShell:
             )
 
     def attach(self, engine: Engine) -> None:
-        """Every new entry gets its binding (active and passive node alike)."""
+        """Every new entry gets its binding (active and passive node alike), and the FTP
+        helper rewrites PORT/EPRT/227/229 of NATed control connections (pmct/nat/ftp.py)."""
         engine.nat_bind = self.nat.bind
+        self.ftp = enable_ftp_nat(self.config.seed)
+
+    @staticmethod
+    def detach(engine: Engine) -> None:
+        engine.nat_bind = None
+        disable_ftp_nat()
 
     packet = staticmethod(nat_payload)
 
@@ -150,4 +184,6 @@ class NatShell:
             "dnat": len(cfg.dnat),
             "masquerade": {k: [_text(a) for a in v] for k, v in self.masquerade.items()},
             "allocations": dict(self.nat.stats),
+            "ftp": dict(self.ftp.stats) if self.ftp is not None else {},
+            "seqadj_failed": SEQADJ_FAILED[0],
         }

@@ -119,13 +119,25 @@ def _insert(table: SyncTable, rec: CtRecord, base: float, now: float) -> str:
 
 def apply_merge(table: SyncTable, rec: CtRecord, base: float, now: float) -> str:
     """Concurrent mode: merge a received entry with local state; returns the outcome name
-    (``inserted``, ``replaced``, ``stale`` or ``table_full``)."""
+    (``inserted``, ``replaced``, ``stale``, ``nat_rebound`` or ``table_full``)."""
     local = table.get(rec.key, now)
     if local is None:
         local = table.get(rec.rkey, now)
         if local is None:
             return _insert(table, rec, base, now)
     rec_expires = base + rec.timeout_ms / 1000.0
+    if (local.rkey != rec.rkey) if local.key == rec.key else local.key != rec.rkey:
+        # A different NAT binding (only possible with NAT: without it both sides compute
+        # the plain inverse): the same connection with another reply tuple, or another
+        # connection holding the master's reply tuple. The master's binding is the one on
+        # the wire, so it wins whatever the state order says (docs/nat.md §4).
+        sticky = local.status & STICKY_STATUS if local.key == rec.key else 0
+        table.delete(local, now)
+        outcome = _insert(table, rec, base, now)
+        conn = table.get(rec.key, now)
+        if conn is not None:
+            conn.status |= sticky
+        return "nat_rebound" if outcome == "inserted" else outcome
     if not remote_is_newer(rec, rec_expires, local):
         local.status |= rec.status & STICKY_STATUS
         return "stale"

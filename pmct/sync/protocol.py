@@ -154,6 +154,7 @@ STAT_NAMES: Final = (
     "apply_inserted",
     "apply_replaced",
     "apply_stale",
+    "apply_nat_rebound",
     "apply_table_full",
     "apply_deleted",
     "apply_delete_absent",
