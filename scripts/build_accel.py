@@ -51,6 +51,8 @@ MODULES = [
     "pmct/conntrack/proto/icmp.py",
     "pmct/conntrack/proto/generic.py",
     "pmct/conntrack/proto/sctp.py",
+    # the node's packet path around the engine (docs/performance.md, node section)
+    "pmct/node/datapath.py",
 ]
 
 

@@ -27,6 +27,9 @@ verdict and count it.
 
 from __future__ import annotations
 
+import socket
+import struct
+import sys
 import time
 from collections.abc import Callable
 from typing import Any, Final
@@ -34,7 +37,18 @@ from typing import Any, Final
 from pmct.conntrack.constants import CtState
 from pmct.conntrack.core import Engine
 
-__all__ = ["ACCEPT", "DROP", "Datapath", "Nat", "NfqCallback", "Oif", "Verdict"]
+__all__ = [
+    "ACCEPT",
+    "DROP",
+    "Datapath",
+    "DrainStats",
+    "Nat",
+    "NfqCallback",
+    "Oif",
+    "Verdict",
+    "drain_netlink",
+    "verdict_message",
+]
 
 Verdict = tuple[int, int, "bytes | None"]
 # nat(data, ctstate, direction, conn) -> rewritten datagram, or None (unchanged)
@@ -183,3 +197,202 @@ class NfqCallback:
         now = dp.clock()
         if now >= dp.next_service:
             self.service(now)
+
+
+# ---------------------------------------------------------------------------- netlink backend
+#
+# The drain loop of nfqueue.NetlinkQueue, here so that it is compiled with the rest of the packet
+# path. Message layout (nfnetlink_queue.c nfqnl_build_packet_message()): nlmsghdr (16 bytes,
+# host order), nfgenmsg (4), then attributes {u16 len, u16 type (host order), value
+# (big-endian numbers)} aligned to 4: NFQA_PACKET_HDR {be32 id, be16 hw_protocol, u8 hook},
+# NFQA_MARK, NFQA_IFINDEX_INDEV, NFQA_PAYLOAD (the IP datagram), and others we skip.
+
+NFQNL_MSG_PACKET_TYPE: Final = (3 << 8) | 0  # NFNL_SUBSYS_QUEUE << 8 | NFQNL_MSG_PACKET
+NFQNL_MSG_VERDICT_TYPE: Final = (3 << 8) | 1
+NFQNL_MSG_VERDICT_BATCH_TYPE: Final = (3 << 8) | 3
+NFQA_PACKET_HDR: Final = 1
+NFQA_VERDICT_HDR: Final = 2
+NFQA_MARK: Final = 3
+NFQA_IFINDEX_INDEV: Final = 5
+NFQA_PAYLOAD: Final = 10
+_LITTLE: Final = sys.byteorder == "little"
+_ENOBUFS: Final = 105
+
+_H16: Final = struct.Struct("=H")
+_H32: Final = struct.Struct("=I")
+_VERDICT: Final = struct.Struct("=IHHIIBBHHHII")
+_VERDICT_MARK: Final = struct.Struct("=IHHIIBBHHHIIHHI")
+_ATTR: Final = struct.Struct("=HH")
+_BE32: Final = struct.Struct("!I")
+
+
+def _u16(buf: bytes, off: int) -> int:
+    """A host-order u16 (netlink headers). Indexing bytes is a C primitive in mypyc."""
+    if _LITTLE:
+        return buf[off] | (buf[off + 1] << 8)
+    return int(_H16.unpack_from(buf, off)[0])
+
+
+def _u32(buf: bytes, off: int) -> int:
+    """A host-order u32 (nlmsg_len)."""
+    if _LITTLE:
+        return buf[off] | (buf[off + 1] << 8) | (buf[off + 2] << 16) | (buf[off + 3] << 24)
+    return int(_H32.unpack_from(buf, off)[0])
+
+
+def _be32(buf: bytes, off: int) -> int:
+    return (buf[off] << 24) | (buf[off + 1] << 16) | (buf[off + 2] << 8) | buf[off + 3]
+
+
+def verdict_message(
+    qbe: int, pkt_id: int, verdict: int, mark: int, batch: bool, payload: bytes | None
+) -> bytes:
+    """NFQNL_MSG_VERDICT(_BATCH) for ``pkt_id``, with NFQA_MARK when ``mark >= 0`` and
+    NFQA_PAYLOAD when ``payload`` is given (the kernel then forwards those bytes instead:
+    nfnetlink_queue.c nfqnl_recv_verdict() -> nfqnl_mangle()). ``qbe``: the queue number in
+    network order (nfgenmsg.res_id)."""
+    mtype = NFQNL_MSG_VERDICT_BATCH_TYPE if batch else NFQNL_MSG_VERDICT_TYPE
+    if payload is None:
+        if mark < 0:
+            return bytes(
+                _VERDICT.pack(
+                    32, mtype, 1, 0, 0, 0, 0, qbe, 12, NFQA_VERDICT_HDR,
+                    socket.htonl(verdict), socket.htonl(pkt_id),
+                )
+            )  # fmt: skip
+        return bytes(
+            _VERDICT_MARK.pack(
+                40, mtype, 1, 0, 0, 0, 0, qbe, 12, NFQA_VERDICT_HDR,
+                socket.htonl(verdict), socket.htonl(pkt_id), 8, NFQA_MARK, socket.htonl(mark),
+            )
+        )  # fmt: skip
+    n = 4 + len(payload)
+    tail = bytes(_ATTR.pack(n, NFQA_PAYLOAD)) + payload + b"\0" * (-n % 4)
+    size = (40 if mark >= 0 else 32) + len(tail)
+    if mark < 0:
+        head = _VERDICT.pack(
+            size, mtype, 1, 0, 0, 0, 0, qbe, 12, NFQA_VERDICT_HDR,
+            socket.htonl(verdict), socket.htonl(pkt_id),
+        )  # fmt: skip
+    else:
+        head = _VERDICT_MARK.pack(
+            size, mtype, 1, 0, 0, 0, 0, qbe, 12, NFQA_VERDICT_HDR,
+            socket.htonl(verdict), socket.htonl(pkt_id), 8, NFQA_MARK, socket.htonl(mark),
+        )  # fmt: skip
+    return bytes(head) + tail
+
+
+class DrainStats:
+    """What the netlink drain loop counts (shown by ``pmct status``)."""
+
+    def __init__(self) -> None:
+        self.drains = 0  # calls of drain_netlink
+        self.packets = 0  # packet messages answered
+        self.batches = 0  # batch verdict messages sent
+        self.singles = 0  # per-packet verdict messages sent
+        self.enobufs = 0  # recv failed with ENOBUFS (the kernel could not deliver some)
+        self.errors = 0  # handler raised (answered with on_error()'s verdict)
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "drains": self.drains,
+            "packets": self.packets,
+            "batches": self.batches,
+            "singles": self.singles,
+            "enobufs": self.enobufs,
+            "errors": self.errors,
+        }
+
+
+def drain_netlink(
+    sock: Any,
+    bufsize: int,
+    dp: Datapath | None,
+    handler: Callable[[bytes, int, int], tuple[int, int, bytes | None]] | None,
+    on_error: Callable[[], int],
+    batch_v: int,
+    burst: int,
+    qbe: int,
+    stats: DrainStats,
+) -> int:
+    """Answer up to ``burst`` waiting packets of a non-blocking NFQUEUE netlink socket.
+
+    Each packet is decided by ``dp.handle`` (or ``handler`` when ``dp`` is None). Packets
+    whose verdict is ``batch_v`` with no mark and no new payload are answered together by one
+    NFQNL_MSG_VERDICT_BATCH for the highest id at the end (the kernel applies it to every
+    queued id <= that id: nfnetlink_queue.c nfqnl_recv_verdict_batch(); ids are handed out in
+    order, and every other packet already has its own verdict), the rest one by one at once.
+    Returns the number of packets answered.
+
+    Each message is read with ``recv()`` into a new bytes object (one allocation, and reading
+    bytes is a C primitive here, unlike a bytearray), and the datagram is one slice of it.
+    ``bufsize`` must hold the largest message (64 KB payload + metadata): a truncated message
+    would never get a verdict.
+    """
+    recv = sock.recv
+    send = sock.send
+    last = -1
+    count = 0
+    stats.drains += 1
+    for _ in range(burst):
+        try:
+            msg: bytes = recv(bufsize, socket.MSG_DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            break
+        except OSError as e:
+            if e.errno == _ENOBUFS:  # the kernel could not deliver some packets
+                stats.enobufs += 1
+                continue
+            raise
+        n = len(msg)
+        if n < 20 or _u16(msg, 4) != NFQNL_MSG_PACKET_TYPE:
+            continue  # an ACK or error of a verdict, or something that is not a packet
+        end = _u32(msg, 0)  # nlmsg_len
+        if end > n:
+            end = n
+        off = 20
+        pkt_id = -1
+        indev = 0
+        mark = 0
+        p0 = 0
+        p1 = 0
+        while off + 4 <= end:
+            alen = _u16(msg, off)
+            atype = _u16(msg, off + 2) & 0x3FFF
+            if alen < 4 or off + alen > end:
+                break
+            if atype == NFQA_PACKET_HDR:
+                pkt_id = _be32(msg, off + 4)
+            elif atype == NFQA_PAYLOAD:
+                p0 = off + 4
+                p1 = off + alen
+            elif atype == NFQA_IFINDEX_INDEV:
+                indev = _be32(msg, off + 4)
+            elif atype == NFQA_MARK:
+                mark = _be32(msg, off + 4)
+            off += (alen + 3) & ~3
+        if pkt_id < 0:
+            continue
+        count += 1
+        payload = msg[p0:p1]
+        try:
+            if dp is not None:
+                v, m, new = dp.handle(payload, indev, mark)
+            else:
+                assert handler is not None
+                v, m, new = handler(payload, indev, mark)
+        except Exception:
+            stats.errors += 1
+            v = on_error()
+            m = -1
+            new = None
+        if v == batch_v and m < 0 and new is None:
+            last = pkt_id
+        else:
+            stats.singles += 1
+            send(verdict_message(qbe, pkt_id, v, m, False, new))
+    stats.packets += count
+    if last >= 0:
+        stats.batches += 1
+        send(verdict_message(qbe, last, batch_v, -1, True, None))
+    return count

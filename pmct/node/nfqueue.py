@@ -41,6 +41,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
+from pmct.node.datapath import Datapath, DrainStats, drain_netlink
+
 __all__ = [
     "NFQA_CFG_F_FAIL_OPEN",
     "NFQA_CFG_F_GSO",
@@ -223,32 +225,15 @@ def _config_message(queue: int, attrs: bytes, seq: int) -> bytes:
     )
 
 
-# nlmsghdr + nfgenmsg + NFQA_VERDICT_HDR {verdict, id} (+ NFQA_MARK): the verdict messages.
-_VERDICT: Final = struct.Struct("=IHHIIBBHHHII")
-_VERDICT_MARK: Final = struct.Struct("=IHHIIBBHHHIIHHI")
-_U16: Final = struct.Struct("=H")
-_U32NE: Final = struct.Struct("=I")
-_U32BE_AT: Final = struct.Struct("!I")
-
 # (payload, indev, mark) -> (verdict, mark or -1, rewritten payload or None); datapath.py
 Handler = Callable[[bytes, int, int], tuple[int, int, "bytes | None"]]
 
 
-def verdict_message(qbe: int, pkt_id: int, verdict: int, mark: int, payload: bytes) -> bytes:
-    """NFQNL_MSG_VERDICT for one packet with NFQA_PAYLOAD (and NFQA_MARK when ``mark >= 0``).
-
-    The kernel replaces the queued skb's data with the payload before reinjecting it
-    (nfnetlink_queue.c nfqnl_recv_verdict() -> nfqnl_mangle()); ``qbe`` is the queue number in
-    network order.
-    """
-    body = struct.pack("=BBH", 0, 0, qbe) + _nla(
-        NFQA_VERDICT_HDR, struct.pack("!II", verdict, pkt_id)
-    )
-    if mark >= 0:
-        body += _nla(NFQA_MARK, _U32BE.pack(mark))
-    body += _nla(NFQA_PAYLOAD, payload)
-    mtype = (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_VERDICT
-    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), mtype, NLM_F_REQUEST, 0, 0) + body
+def datapath_of(handler: Handler) -> Datapath | None:
+    """The Datapath whose bound ``handle`` the handler is: the drain loop then calls it
+    directly, compiled code to compiled code (no Python call in between)."""
+    owner = getattr(handler, "__self__", None)
+    return owner if isinstance(owner, Datapath) else None
 
 
 class NetlinkQueue:
@@ -279,8 +264,8 @@ class NetlinkQueue:
         self.on_error = on_error
         self.burst = burst
         self.batch_verdict = NF_ACCEPT
-        self.batches = 0
-        self.enobufs = 0
+        self.stats = DrainStats()
+        self.dp = datapath_of(handler)
         s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
         self.sock = s
         try:
@@ -305,90 +290,25 @@ class NetlinkQueue:
         self.flags = flags
         s.setblocking(False)
         self.fd: int = s.fileno()
-        self._buf = bytearray(FULL_COPY_RANGE + 4096)
-        self._mv = memoryview(self._buf)
+        self.bufsize = FULL_COPY_RANGE + 4096  # a whole 64 KB datagram and its metadata
         self._qbe = socket.htons(num)
 
-    def _verdict(
-        self,
-        pkt_id: int,
-        verdict: int,
-        mark: int,
-        batch: bool = False,
-        payload: bytes | None = None,
-    ) -> None:
-        mtype = (NFNL_SUBSYS_QUEUE << 8) | (NFQNL_MSG_VERDICT_BATCH if batch else NFQNL_MSG_VERDICT)
-        if payload is not None:  # never batched: NFQA_PAYLOAD belongs to one packet
-            self.sock.send(verdict_message(self._qbe, pkt_id, verdict, mark, payload))
-            return
-        if mark < 0:
-            msg = _VERDICT.pack(
-                32, mtype, NLM_F_REQUEST, 0, 0, 0, 0, self._qbe, 12, NFQA_VERDICT_HDR,
-                socket.htonl(verdict), socket.htonl(pkt_id),
-            )  # fmt: skip
-        else:
-            msg = _VERDICT_MARK.pack(
-                40, mtype, NLM_F_REQUEST, 0, 0, 0, 0, self._qbe, 12, NFQA_VERDICT_HDR,
-                socket.htonl(verdict), socket.htonl(pkt_id), 8, NFQA_MARK, socket.htonl(mark),
-            )  # fmt: skip
-        self.sock.send(msg)
+    def drain(self) -> int:
+        """Answer up to ``burst`` waiting packets; returns when none is waiting or at the cap.
 
-    def drain(self) -> None:
-        """Answer up to ``burst`` waiting packets; returns when none is waiting or at the cap."""
-        recv_into = self.sock.recv_into
-        buf = self._buf
-        mv = self._mv
-        u16 = _U16.unpack_from
-        u32be = _U32BE_AT.unpack_from
-        u32 = _U32NE.unpack_from
-        handler = self.handler
-        batch_v = self.batch_verdict
-        last = -1
-        for _ in range(self.burst):
-            try:
-                n = recv_into(buf, 0, socket.MSG_DONTWAIT)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError as e:
-                if e.errno == 105:  # ENOBUFS: the kernel could not deliver some packets
-                    self.enobufs += 1
-                    continue
-                raise
-            if n < 20 or u16(buf, 4)[0] != (NFNL_SUBSYS_QUEUE << 8) | NFQNL_MSG_PACKET:
-                continue  # an ACK or error of a verdict, or something that is not a packet
-            end = min(n, u32(buf, 0)[0])  # nlmsg_len
-            off = 20
-            pkt_id = -1
-            indev = 0
-            mark = 0
-            payload = b""
-            while off + 4 <= end:
-                alen = u16(buf, off)[0]
-                atype = u16(buf, off + 2)[0] & 0x3FFF
-                if alen < 4:
-                    break
-                if atype == NFQA_PACKET_HDR:
-                    pkt_id = u32be(buf, off + 4)[0]
-                elif atype == NFQA_PAYLOAD:
-                    payload = bytes(mv[off + 4 : off + alen])
-                elif atype == NFQA_IFINDEX_INDEV:
-                    indev = u32be(buf, off + 4)[0]
-                elif atype == NFQA_MARK:
-                    mark = u32be(buf, off + 4)[0]
-                off += (alen + 3) & ~3
-            if pkt_id < 0:
-                continue
-            try:
-                v, m, new = handler(payload, indev, mark)
-            except Exception:
-                v, m, new = self.on_error(), -1, None
-            if v == batch_v and m < 0 and new is None:
-                last = pkt_id
-            else:
-                self._verdict(pkt_id, v, m, payload=new)
-        if last >= 0:
-            self.batches += 1
-            self._verdict(last, batch_v, -1, batch=True)
+        The loop is datapath.drain_netlink (compiled); returns the number of packets.
+        """
+        return drain_netlink(
+            self.sock,
+            self.bufsize,
+            self.dp,
+            self.handler,
+            self.on_error,
+            self.batch_verdict,
+            self.burst,
+            self._qbe,
+            self.stats,
+        )
 
     def close(self) -> None:
         # closing the socket destroys the queue (nfqnl_rcv_nl_event(NETLINK_URELEASE))

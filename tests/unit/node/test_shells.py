@@ -275,18 +275,16 @@ def test_run_check_validates_the_config(tmp_path: Path) -> None:
 
 
 class FakeNetlink:
-    """recv_into hands out prepared messages; send records what the queue answered."""
+    """recv hands out prepared messages; send records what the queue answered."""
 
     def __init__(self, messages: list[bytes]) -> None:
         self.messages = list(messages)
         self.sent: list[bytes] = []
 
-    def recv_into(self, buf: bytearray, nbytes: int = 0, flags: int = 0) -> int:
+    def recv(self, bufsize: int, flags: int = 0) -> bytes:
         if not self.messages:
             raise BlockingIOError
-        m = self.messages.pop(0)
-        buf[: len(m)] = m
-        return len(m)
+        return self.messages.pop(0)[:bufsize]
 
     def send(self, data: bytes) -> int:
         self.sent.append(bytes(data))
@@ -320,15 +318,28 @@ def verdicts(sent: list[bytes]) -> list[tuple[str, int, int, int | None]]:
     return out
 
 
+LAB_POLICY = """
+[policy]
+default = "drop"
+[[policy.rule]]
+ctstate = ["established", "related"]
+action = "accept"
+[[policy.rule]]
+ctstate = "new"
+in = "lan0"
+action = "accept"
+"""
+
+
 def make_queue(messages: list[bytes], handler):  # type: ignore[no-untyped-def]
-    from pmct.node.nfqueue import NetlinkQueue
+    from pmct.node.datapath import DrainStats
+    from pmct.node.nfqueue import NetlinkQueue, datapath_of
 
     q = NetlinkQueue.__new__(NetlinkQueue)
     q.num, q.handler, q.on_error, q.burst = 0, handler, lambda: 0, 256
-    q.batch_verdict, q.batches, q.enobufs = 1, 0, 0
+    q.batch_verdict, q.stats, q.dp = 1, DrainStats(), datapath_of(handler)
     q.sock = FakeNetlink(messages)  # type: ignore[assignment]
-    q._buf = bytearray(70000)
-    q._mv = memoryview(q._buf)
+    q.bufsize = 70000
     q._qbe = socket.htons(0)
     return q
 
@@ -401,3 +412,33 @@ def test_netlink_rewritten_payload_gets_its_own_verdict_with_nfqa_payload() -> N
         0x10,
     )
     assert struct.unpack_from("=HH", two, 40) == (5, 10) and two[44:45] == b"M"
+
+
+def test_netlink_queue_drives_the_daemon_datapath() -> None:
+    """The daemon's handler is Datapath.handle: the drain loop calls it directly and the
+    verdicts are the policy's (lab-like strict policy: NEW only from lan0)."""
+    from pktbuild import ACK, SYN, tcp4
+
+    from pmct.config import parse_config
+    from pmct.node.daemon import Daemon
+    from pmct.node.forwarding import Role
+
+    d = Daemon(parse_config(LAB_POLICY))
+    d.ifnames.update({1: "lan0", 2: "wan0"})
+    d._set_verdicts(Role.ACTIVE)
+    lan, wan = "198.18.1.2", "198.18.2.2"
+    pkts = [
+        (tcp4(40000, 80, SYN, 100, 0, src=lan, dst=wan), 1),
+        (tcp4(80, 40000, SYN | ACK, 500, 101, src=wan, dst=lan), 2),
+        (tcp4(40000, 80, ACK, 101, 501, src=lan, dst=wan), 1),
+        (tcp4(5000, 22, SYN, 1, 0, src=wan, dst=lan), 2),  # NEW from wan0: default drop
+        (tcp4(80, 40000, ACK, 501, 101, src=wan, dst=lan), 2),
+    ]
+    q = make_queue(
+        [packet_message(i + 1, p, indev=x) for i, (p, x) in enumerate(pkts)], d._make_handler()
+    )
+    assert q.dp is d.dp
+    assert q.drain() == 5
+    assert verdicts(q.sock.sent) == [("one", 4, 0, None), ("batch", 5, 1, None)]  # type: ignore[attr-defined]
+    assert d.packets == 5 and d.actions == [1, 4, 0]
+    assert (q.stats.packets, q.stats.batches, q.stats.singles) == (5, 1, 1)
