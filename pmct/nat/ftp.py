@@ -341,8 +341,13 @@ def ftp_nat_packet(data: bytes, ctstate: int, d: int, conn: Conn | None) -> byte
     if rec is None and adj is None:
         return data
     buf = bytearray(data)
-    l3, proto, l4, end = _locate(buf)
-    if l3 == 0 or proto != 6 or l4 < 0 or end - l4 < 20:
+    if buf[0] == 0x45 and buf[9] == 6 and not (buf[6] & 0x3F or buf[7]) and len(buf) >= 40:
+        l3, l4, end = 4, 20, min(len(buf), (buf[2] << 8) | buf[3])  # IPv4, no options
+    else:
+        l3, proto, l4, end = _locate(buf)
+        if l3 == 0 or proto != 6 or l4 < 0:
+            return data
+    if end - l4 < 20:
         return data
     if rec is not None:
         seq = int.from_bytes(buf[l4 + 4 : l4 + 8], "big")

@@ -38,6 +38,7 @@ unchanged; malformed TCP options make ``seq_adjust()`` return None, the kernel's
 
 from __future__ import annotations
 
+import struct
 from typing import Final
 
 from pmct.conntrack.conn import Conn
@@ -57,6 +58,7 @@ __all__ = [
 
 _SEQ_ADJUST: Final = int(Status.SEQ_ADJUST)
 _M: Final = 0xFFFF
+_SEQ_ACK: Final = struct.Struct("!II")
 TCPOPT_EOL: Final = 0
 TCPOPT_NOP: Final = 1
 TCPOPT_SACK: Final = 5
@@ -155,17 +157,22 @@ def seq_adjust_tcp(buf: bytearray, l4: int, end: int, d: int, adj: list[int]) ->
         return False
     i = 3 * d
     j = 3 - i
-    seq = int.from_bytes(buf[l4 + 4 : l4 + 8], "big")
-    ack = int.from_bytes(buf[l4 + 8 : l4 + 12], "big")
-    seqoff = adj[i + 2] if after(seq, adj[i]) else adj[i + 1]
-    ackoff = adj[j + 2] if after(ack - adj[j + 1], adj[j]) else adj[j + 1]
+    seq, ack = _SEQ_ACK.unpack_from(buf, l4 + 4)
+    # after(seq, this_way->correction_pos) ? offset_after : offset_before
+    seqoff = adj[i + 2] if ((adj[i] - seq) & MASK32) >= 0x80000000 else adj[i + 1]
+    # after(ack - other_way->offset_before, other_way->correction_pos)
+    if ((adj[j] - ack + adj[j + 1]) & MASK32) >= 0x80000000:
+        ackoff = adj[j + 2]
+    else:
+        ackoff = adj[j + 1]
     newseq = (seq + seqoff) & MASK32
     newack = (ack - ackoff) & MASK32
-    buf[l4 + 4 : l4 + 8] = newseq.to_bytes(4, "big")
-    buf[l4 + 8 : l4 + 12] = newack.to_bytes(4, "big")
+    _SEQ_ACK.pack_into(buf, l4 + 4, newseq, newack)
     delta = (newseq - seq + newack - ack) % _M
-    ok, sdelta = _sack_adjust(buf, l4, doff, adj[j : j + 3])
-    delta = (delta + sdelta) % _M
+    ok = True
+    if doff > 20:
+        ok, sdelta = _sack_adjust(buf, l4, doff, adj[j : j + 3])
+        delta = (delta + sdelta) % _M
     if delta:
         c = _adjust((buf[l4 + 16] << 8) | buf[l4 + 17], delta)
         buf[l4 + 16] = c >> 8
