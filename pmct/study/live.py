@@ -210,6 +210,8 @@ class LiveResult:
     recover_s: float | None = None
     recovery: list[tuple[float, float]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)  # sessions that did not survive, and why
+    mismatches: list[str] = field(default_factory=list)  # master vs standby, a sample
 
     @property
     def agreement(self) -> float:
@@ -355,6 +357,19 @@ def parse_conntrack_lines(text: str) -> dict[Key, Value]:
         key = (tok[0], *orig)
         out[key] = (state if tok[0] in ("tcp", "sctp") else "", "[UNREPLIED]" not in tok,
                     "[ASSURED]" in tok)  # fmt: skip
+    return out
+
+
+def mismatches(master: dict[Key, Value], standby: dict[Key, Value], n: int = 8) -> list[str]:
+    """Up to ``n`` of the master's entries the standby lacks or holds differently."""
+    out = []
+    for k, v in sorted(master.items(), key=lambda kv: str(kv[0])):
+        w = standby.get(k)
+        if w != v:
+            what = "missing" if w is None else "/".join(map(str, w))
+            out.append(f"{' '.join(map(str, k))}: {'/'.join(map(str, v))} vs {what}")
+            if len(out) == n:
+                break
     return out
 
 
@@ -823,6 +838,7 @@ def _run(
         # the state both nodes hold at the failover
         m, s = pair.master_table(), pair.standby_table()
         res.master_entries, res.held, res.agreeing = agreement(m, s)
+        res.mismatches = mismatches(m, s)
         bytes0 = traffic.curl_bytes()
         failed0 = traffic.curl_failed()
         t_fail, wall_fail = time.monotonic(), time.time()
@@ -844,13 +860,22 @@ def _run(
             ok = c not in failed and bytes_end[c] - bytes_half[c] >= live.survive_bytes
             res.survived += ok
             res.failed += c in failed
+            if not ok:
+                res.lost.append(
+                    f"{c} ({'failed' if c in failed else 'silent'}: "
+                    f"{bytes_half[c] - bytes0[c]} B in the first half, "
+                    f"{bytes_end[c] - bytes_half[c]} B in the second)"
+                )
         if traffic.t_iperf is not None and traffic.iperf_bytes(traffic.t_iperf, t_fail) > 0:
             res.sessions += 1
             got = traffic.iperf_bytes(half, t_fail + live.observe)
             if traffic.iperf_failed():
                 res.failed += 1
+                res.lost.append("iperf3 (error)")
             elif got >= live.survive_bytes:
                 res.survived += 1
+            else:
+                res.lost.append(f"iperf3 (silent: {got} B in the second half)")
         res.outage_s, res.ping_lost = traffic.ping_outage(wall_fail - 1.0,
                                                           wall_fail + live.observe)  # fmt: skip
         if res.outage_s is not None:

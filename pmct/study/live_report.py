@@ -22,6 +22,7 @@ COLUMNS = (
     "survival", "outage_s", "ping_lost", "takeover_s", "measured_s", "data_packets",
     "packets_per_s", "sync_bytes_per_s", "sync_frames_per_s", "resync_bytes",
     "cpu_master_us_per_pkt", "cpu_standby_us_per_pkt", "restart_before", "recover_s", "notes",
+    "lost_sessions", "mismatch_sample",
 )  # fmt: skip
 
 _COLORS = {
@@ -69,6 +70,8 @@ def live_rows(study: LiveStudy) -> list[dict[str, Any]]:
             "restart_before": _opt(r.restart_before, 4),
             "recover_s": _opt(r.recover_s),
             "notes": "; ".join(r.notes),
+            "lost_sessions": "; ".join(r.lost),
+            "mismatch_sample": "; ".join(r.mismatches),
         })  # fmt: skip
     return out
 
@@ -180,7 +183,10 @@ def live_plots(study: LiveStudy, out: Path) -> list[Path]:
         cols = [_COLORS.get(sc.strategy, "#333333") for sc in plain]
         ax.bar([x - w / 2 for x in xs], ag, w, color=cols, alpha=0.45, label="state agreement")
         ax.bar([x + w / 2 for x in xs], sv, w, color=cols, label="session survival")
-        ax.set_xticks(list(xs), [name(sc) for sc in plain], fontsize=7)
+        ax.set_xticks(
+            list(xs), [name(sc).replace("\n", " ") for sc in plain], fontsize=7, rotation=35,
+            ha="right",
+        )  # fmt: skip
         ax.set_ylabel("%")
         ax.set_ylim(0, 105)
         ax.set_title("Live failover: agreement (light) and session survival (dark)")
@@ -204,7 +210,10 @@ def live_plots(study: LiveStudy, out: Path) -> list[Path]:
             )  # fmt: skip
             for ax, yl in ((ax1, "sync bytes/s (frames, both ways)"),
                            (ax2, "daemon CPU µs per packet (both nodes)")):  # fmt: skip
-                ax.set_xticks(list(xs), [name(sc) for sc in syncing], fontsize=6)
+                ax.set_xticks(
+                    list(xs), [name(sc).replace("\n", " ") for sc in syncing], fontsize=6,
+                    rotation=35, ha="right",
+                )  # fmt: skip
                 ax.set_ylabel(yl, fontsize=8)
                 ax.grid(alpha=0.3, axis="y")
             fig.suptitle("Live sync cost")
