@@ -14,7 +14,11 @@ to the kernel's routing).
 Sessions: active PORT and EPRT (the commands grow: 10,0,0,2 -> 198,51,100,1), two transfers
 on one control connection (two rewrites, offsets accumulate), passive PASV and EPSV; over IPv6
 with NAT66 masquerade, EPRT |2| (the kernel prints the address uncompressed, %pI6: +32 bytes)
-and EPSV. Measured when written: 310 forwarded packets in 26 flows, all equal.
+and EPSV; and an outside client of an inside server behind the port forward WAN:21 ->
+10.0.0.21:21: PASV twice on one control connection (the server's 227 grows by 3 each time:
+offsets in the reply direction), EPSV, PORT and EPRT (the server's data connection follows the
+master: SNATed to the public address). Measured when written: 522 forwarded packets in 44
+flows, all equal.
 
 Namespaces get unique names and are always deleted; the FTP server and tcpdump are stopped by
 pid.
@@ -51,6 +55,7 @@ pytestmark = [pytest.mark.netns]
 CLIENT, LAN_GW = "10.0.0.2", "10.0.0.1"
 WAN, SERVER = "198.51.100.1", "198.51.100.5"
 CLIENT6, LAN_GW6 = "fd00::2", "fd00::1"
+INSIDE = "10.0.0.21"  # an inside FTP server behind the port forward WAN:21 -> INSIDE:21
 WAN6, SERVER6 = "2001:db8:ffff::1", "2001:db8:ffff::5"
 
 A_BIN = bytes(range(256)) * 80  # 20 KiB: several data segments
@@ -60,6 +65,9 @@ RULESET = """
 table ip pmctnatftp {
   ct helper ftp-21 { type "ftp" protocol tcp; }
   chain pre { type filter hook prerouting priority 0; tcp dport 21 ct helper set "ftp-21"; }
+  chain prenat {
+    type nat hook prerouting priority -100; iifname "r_wan" tcp dport 21 dnat to 10.0.0.21;
+  }
   chain post { type nat hook postrouting priority 100; oifname "r_wan" masquerade; }
 }
 table ip6 pmctnatftp6 {
@@ -79,7 +87,7 @@ a = DummyAuthorizer(); a.add_anonymous(sys.argv[1])
 FTPHandler.authorizer = a
 FTPHandler.passive_ports = range(60000, 60100)
 FTPHandler.permit_foreign_addresses = True
-FTPServer(("::", 21), FTPHandler).serve_forever()
+FTPServer((sys.argv[2], 21), FTPHandler).serve_forever()
 """
 
 
@@ -126,7 +134,7 @@ def captures() -> Iterator[tuple[Path, Path, list[str]]]:
         )
         off = "ethtool -K {} tso off gso off gro off tx off rx off >/dev/null 2>&1 || true"
         sh(c, f"ip addr add {CLIENT}/24 dev c_lan; ip link set c_lan up; {off.format('c_lan')}")
-        sh(c, f"ip route add default via {LAN_GW}")
+        sh(c, f"ip addr add {INSIDE}/24 dev c_lan; ip route add default via {LAN_GW}")
         sh(s, f"ip addr add {SERVER}/24 dev s_wan; ip link set s_wan up; {off.format('s_wan')}")
         sh(r, f"ip addr add {LAN_GW}/24 dev r_lan; ip link set r_lan up; {off.format('r_lan')}")
         sh(r, f"ip addr add {WAN}/24 dev r_wan; ip link set r_wan up; {off.format('r_wan')}")
@@ -144,13 +152,14 @@ def captures() -> Iterator[tuple[Path, Path, list[str]]]:
         (root / "b.txt").write_bytes(B_TXT)
         srv = tmp / "server.py"
         srv.write_text(SERVER_PY)
-        procs.append(
-            subprocess.Popen(
-                ["ip", "netns", "exec", s, "python3", str(srv), str(root)],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+        for ns, bind in ((s, "::"), (c, INSIDE)):
+            procs.append(
+                subprocess.Popen(
+                    ["ip", "netns", "exec", ns, "python3", str(srv), str(root), bind],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
             )
-        )
         lan, wan = tmp / "lan.pcap", tmp / "wan.pcap"
         for ifname, out in (("r_lan", lan), ("r_wan", wan)):
             tcpdump = ["tcpdump", "-i", ifname, "-U", "-s", "0", "-w", str(out), "tcp"]
@@ -163,7 +172,7 @@ def captures() -> Iterator[tuple[Path, Path, list[str]]]:
             )
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            if ":21 " in sh(s, "ss -ltn"):
+            if ":21 " in sh(s, "ss -ltn") and f"{INSIDE}:21 " in sh(c, "ss -ltn"):
                 break
             time.sleep(0.2)
         time.sleep(1.0)  # tcpdump attached
@@ -178,6 +187,14 @@ def captures() -> Iterator[tuple[Path, Path, list[str]]]:
             f"-g 'ftp://[{SERVER6}]/a.bin'",  # EPSV over IPv6
         ):
             outputs.append(sh(c, f"curl -s --max-time 20 {args} | md5sum"))
+        fwd = f"ftp://{WAN}"  # the outside host reaches the inside server by the port forward
+        for args in (
+            f"--disable-epsv {fwd}/a.bin {fwd}/b.txt",  # 227 (10,0,0,21 -> 198,51,100,1) twice
+            f"{fwd}/b.txt",  # 229
+            f"-P {SERVER} --disable-eprt {fwd}/b.txt",  # PORT: the data connection is SNATed
+            f"-P {SERVER} {fwd}/a.bin",  # EPRT
+        ):
+            outputs.append(sh(s, f"curl -s --max-time 20 {args} | md5sum"))
         time.sleep(1.0)
         yield lan, wan, outputs
     finally:
@@ -220,9 +237,14 @@ def _view(data: bytes) -> tuple[bytes, bytes, int, int, int, int, int, bytes, by
 
 def test_pmct_rewrites_ftp_like_the_kernel(captures: tuple[Path, Path, list[str]]) -> None:
     lan, wan, outputs = captures
-    want = [A_BIN + B_TXT, B_TXT, A_BIN, B_TXT, B_TXT, A_BIN]  # what each curl run wrote
+    # what each curl run wrote
+    want = [A_BIN + B_TXT, B_TXT, A_BIN, B_TXT, B_TXT, A_BIN, A_BIN + B_TXT, B_TXT, B_TXT, A_BIN]
     assert [o.split()[0] for o in outputs] == [hashlib.md5(w).hexdigest() for w in want]
-    clients = {socket.inet_pton(socket.AF_INET, CLIENT), socket.inet_pton(socket.AF_INET6, CLIENT6)}
+    clients = {
+        socket.inet_pton(socket.AF_INET, CLIENT),
+        socket.inet_pton(socket.AF_INET, INSIDE),
+        socket.inet_pton(socket.AF_INET6, CLIENT6),
+    }
     wans = {socket.inet_pton(socket.AF_INET, WAN), socket.inet_pton(socket.AF_INET6, WAN6)}
     inputs: list[tuple[float, int, bytes]] = []
     kernel_out: dict[tuple[bytes, bytes, int, int], list[tuple[object, ...]]] = defaultdict(list)
@@ -252,6 +274,7 @@ def test_pmct_rewrites_ftp_like_the_kernel(captures: tuple[Path, Path, list[str]
                 {"src": ["10.0.0.0/24"], "to": WAN},
                 {"src": ["fd00::/64"], "to": WAN6},
             ],
+            "dnat": [{"dst": WAN, "proto": "tcp", "dport": 21, "to": INSIDE}],
         }
         e.nat_bind = Nat(parse_nat(cfg)).bind
         pmct_out: dict[tuple[bytes, bytes, int, int], list[tuple[object, ...]]] = defaultdict(list)
@@ -274,5 +297,5 @@ def test_pmct_rewrites_ftp_like_the_kernel(captures: tuple[Path, Path, list[str]
     for flow, kpkts in kernel_out.items():
         assert pmct_out[flow] == kpkts, f"flow {flow} differs"
         rewritten += sum(1 for v in kpkts if bytes(v[8])[:4] in (b"PORT", b"EPRT", b"227 "))
-    assert rewritten >= 5  # two PORTs, two EPRTs and a 227 at least
+    assert rewritten >= 9  # PORTs, EPRTs and 227s of both scenarios
     assert offsets, "the PORT/EPRT rewrites changed lengths: offsets expected"
