@@ -83,9 +83,13 @@ def lab() -> Iterator[Lab]:
         lab.down()
 
 
-def start(lab: Lab, fw: str, role: str, *, sync: bool = False, **opts: Any) -> None:
+def start(
+    lab: Lab, fw: str, role: str, *, sync: bool = False, strict: bool = True, **opts: Any
+) -> None:
     extra = NAT_TOML + (sync_toml(fw) if sync else "")
-    lab.start_node(fw, role=role, strict=True, tcp_loose=False, fail="closed", extra=extra, **opts)
+    lab.start_node(
+        fw, role=role, strict=strict, tcp_loose=False, fail="closed", extra=extra, **opts
+    )
 
 
 def fail(lab: Lab, fw: str) -> None:
@@ -297,3 +301,41 @@ def test_restarted_passive_gets_the_bindings_by_init_sync(lab: Lab) -> None:
     outer, inner = fwd.stop()
     assert outer["errors"] == [] and inner["errors"] == []
     assert outer["received"] == inner["sent"] and inner["received"] == outer["sent"]
+
+
+# ---------------------------------------------------------------------------- ICMP errors
+
+REFUSED = f"""
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.connect(("{SERVER_IP}", 9))  # nothing listens there: the server answers port unreachable
+s.settimeout(5)
+for _ in range(3):
+    s.send(b"pmct-nat-icmp")
+    try:
+        s.recv(100)
+    except ConnectionRefusedError:
+        print("refused", s.getsockname()[1])
+        break
+    except TimeoutError:
+        continue
+else:
+    print("no error")
+"""
+
+
+def test_icmp_error_for_a_natted_flow_is_translated_back(lab: Lab) -> None:
+    """The server's port unreachable goes to the public address and quotes the SNATed
+    datagram; fw-a translates outer and quoted headers back, so the client's connected UDP
+    socket sees ECONNREFUSED (the kernel matches the quote against the socket's own tuple)."""
+    start(lab, "fw-a", "active", strict=False)  # any new connection from the LAN: UDP too
+    cap = Capture(lab, "ws")
+    p = lab.sh("client", [sys.executable, "-c", REFUSED], check=False, timeout=30)
+    frames = ipv4_frames(cap.stop())
+    assert p.stdout.startswith("refused"), (p.stdout, p.stderr)
+    errors = [ip for ip in frames if isinstance(ip.data, dpkt.icmp.ICMP) and ip.data.type == 3]
+    assert errors and all(dpkt.utils.inet_to_str(ip.dst) == PUBLIC for ip in errors)
+    quoted = errors[0].data.data.data  # the datagram the server received: the SNATed one
+    assert dpkt.utils.inet_to_str(quoted.src) == PUBLIC
+    st = lab.control("fw-a", "status")
+    assert st["ctstates"]["related"] >= 1
