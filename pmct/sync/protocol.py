@@ -291,14 +291,17 @@ class _Following:
 class _Walk:
     """Master side of one init-sync walk (docs/protocol.md §12)."""
 
-    __slots__ = ("begun", "exps", "first_seq", "id", "keys", "pos", "sent", "started", "total")
+    __slots__ = (
+        "begun", "exps", "first_seq", "gone", "id", "keys", "pos", "sent", "started", "total",
+    )  # fmt: skip
 
-    def __init__(self, wid: int, keys: list[bytes], n_exps: int, now: float) -> None:
+    def __init__(self, wid: int, keys: list[bytes], n_conns: int, n_exps: int, now: float) -> None:
         self.id = wid
-        self.keys = keys
+        self.keys = keys  # SyncTable.keys(): both directions; the walk sends original ones
         self.pos = 0
+        self.gone = 0  # snapshot keys whose entry died before its turn
         self.exps: list[ExpRecord] | None = None  # taken when the conntrack part is done
-        self.total = len(keys) + n_exps
+        self.total = n_conns + n_exps  # an estimate until the end (§12)
         self.sent = 0
         self.started = now
         self.begun = False
@@ -806,7 +809,8 @@ class SyncProtocol:
             self.sync_state = nxt
         self._request_due = None
         self._walk_rx = _WalkRx(w.walk, w.total, now)
-        self._purge = {c.key for c in self.table.conns()} if self.mode.purge_after_walk else None
+        # both directions; _walk_done() deletes only by original keys (``conn.key == key``)
+        self._purge = set(self.table.keys()) if self.mode.purge_after_walk else None
         self._events.append(InitSyncStarted(w.walk, w.total))
         self._ready_event(was_ready)
 
@@ -875,9 +879,10 @@ class SyncProtocol:
 
     def _start_walk(self, now: float) -> None:
         self._walk_counter = (self._walk_counter + 1) & MASK32 or 1
-        keys = [c.key for c in self.table.conns()]
-        n_exps = len(self.table.expectations(now))
-        self._walk = _Walk(self._walk_counter, keys, n_exps, now)
+        table = self.table
+        keys = table.keys()  # one cheap step of the packet loop, even for a million entries
+        n_exps = len(table.expectations(now))
+        self._walk = _Walk(self._walk_counter, keys, len(table), n_exps, now)
         self._walk_for = dict.fromkeys(self._walk_waiting, now)
         self._walk_waiting = set()
         self.stats["walks_started"] += 1
@@ -1051,7 +1056,7 @@ class SyncProtocol:
     def _refresh_step(self, now: float) -> None:
         """Replicate master: look at the next slice of the table for refreshes (modes.py)."""
         if self._refresh_pos >= len(self._refresh_keys):
-            self._refresh_keys = [c.key for c in self.table.conns()]
+            self._refresh_keys = self.table.keys()  # the loop skips reply-direction keys
             self._refresh_pos = 0
         end = self._refresh_pos + self.config.refresh_batch
         table = self.table
@@ -1193,7 +1198,11 @@ class SyncProtocol:
                 conn = table.get(key, now)
                 if conn is None or conn.key != key:
                     pos += 1
-                    w.total -= 1  # died before its turn: not part of this walk any more
+                    if conn is None:
+                        # died before its turn: not part of this walk any more (both its
+                        # keys are in the snapshot: count it once)
+                        w.gone += 1
+                        w.total -= w.gone & 1
                     continue
                 rec = pack_conn(conn, now, window=window)
                 if size + len(rec) > cap and parts:

@@ -37,6 +37,16 @@ class SyncTable(Protocol):
     def conns(self) -> Iterable[Conn]:
         """Every live entry once."""
 
+    def keys(self) -> list[bytes]:
+        """A snapshot of every index key: both directions of each entry, expired ones too,
+        in any order. Cheap (one C-level copy of the index), unlike ``conns()``, which
+        builds a tuple per key: a master takes this snapshot in one step of its packet loop
+        at the start of every walk (2 s for a million entries through ``conns()``, 0.1 s
+        this way); the walk skips the reply-direction keys as it goes."""
+
+    def __len__(self) -> int:
+        """Number of entries (approximate: may count expired ones not yet removed)."""
+
     def resolve_helper(self, name: str) -> Any: ...
 
     def expectations(self, now: float) -> list[ExpRecord]:
@@ -88,6 +98,9 @@ class DictTable:
         for key, conn in list(self.index.items()):
             if conn.key == key:
                 yield conn
+
+    def keys(self) -> list[bytes]:
+        return list(self.index)
 
     def resolve_helper(self, name: str) -> Any:
         return name
@@ -161,6 +174,12 @@ class EngineTable:
     def conns(self) -> Iterable[Conn]:
         it: Iterator[Conn] = iter(self.table)
         return it
+
+    def keys(self) -> list[bytes]:
+        return list(self.table.index)
+
+    def __len__(self) -> int:
+        return int(self.table.count)
 
     def resolve_helper(self, name: str) -> Any:
         # the engine's helper object (it also routes helper entries off the fast path); the
