@@ -275,3 +275,17 @@ def test_rules_are_the_cores() -> None:
             "dnat": [{"dst": PUBLIC, "proto": "tcp", "dport": 8080, "to": LAN_HOST, "to_port": 80}],
         }
     )
+
+
+def test_example_nat_configs_load_and_agree() -> None:
+    from pathlib import Path
+
+    from pmct.config import load_config
+
+    examples = Path(__file__).resolve().parents[2] / "configs" / "examples"
+    a = load_config(examples / "nat-fw-a.toml")
+    b = load_config(examples / "nat-fw-b.toml")
+    assert a.nat.enabled and a.nat == b.nat and a.policy == b.policy
+    assert (a.node.role, b.node.role) == ("active", "passive")
+    # both nodes resolve the masquerade to the same cluster address
+    assert NatShell(a.nat, a.cluster).config == NatShell(b.nat, b.cluster).config
