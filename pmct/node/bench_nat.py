@@ -14,6 +14,11 @@ The passive node binds too, but never rewrites. Each set-up runs ``--repeat`` ti
 traffic kind, interleaved, and the medians are printed with the on/off ratio of the pair:
 ratios from the same run are what this noisy, shared 2-CPU machine can compare
 (measurements.md §0). Numbers are printed, never asserted.
+
+``--micro`` measures instead the per-packet cost in this process, without the kernel: an
+established IPv4 TCP flow (1400-byte segments, both directions) through ``Datapath.handle``
+of an active node, NAT off (no rules) and on (masquerade: every packet rewritten), best of 3
+interleaved rounds.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import json
 import os
 import statistics
 import sys
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -61,6 +67,76 @@ def _median(values: list[float | None]) -> float | None:
     return statistics.median(v) if v else None
 
 
+def _seg(src: str, dst: str, sport: int, dport: int, flags: int, seq: int, ack: int) -> bytes:
+    """An IPv4 TCP segment with valid checksums; 1400 bytes of payload when PSH is set."""
+    import socket
+
+    import dpkt
+
+    t = dpkt.tcp.TCP(sport=sport, dport=dport, flags=flags, seq=seq, ack=ack, win=65535)
+    t.data = b"x" * 1400 if flags & dpkt.tcp.TH_PUSH else b""
+    ip = dpkt.ip.IP(src=socket.inet_aton(src), dst=socket.inet_aton(dst), p=6, data=t)
+    ip.len = 20 + len(bytes(t))
+    return bytes(ip)
+
+
+def micro(n: int = 20000) -> None:
+    """Per-packet cost of Datapath.handle with NAT off and on (see the module docstring)."""
+    from pmct.config import parse_config
+    from pmct.conntrack.core import Engine
+    from pmct.node.datapath import Datapath
+    from pmct.node.natshell import NatShell
+    from pmct.node.policy import CTSTATE_MARK_BITS
+
+    seg = _seg
+    c, s, pub = "198.18.1.2", "198.18.2.2", "198.18.2.1"
+    syn, ack, psh = 0x02, 0x10, 0x18
+    text = '[queue]\nfail = "closed"\n[cluster.interface.wan0]\naddresses = ["198.18.2.1/24"]\n'
+
+    def build(nat: bool) -> tuple[Datapath, list[tuple[bytes, int]]]:
+        cfg = parse_config(text + (NAT_TOML if nat else ""), "micro")
+        e = Engine(cfg.conntrack)
+        dp = Datapath(e, lambda *a: 1, {1: "lan0", 2: "wan0"}, ctstate_bits=CTSTATE_MARK_BITS)
+        dp.active = True
+        if nat:
+            sh = NatShell(cfg.nat, cfg.cluster)
+            sh.attach(e)
+            dp.nat = sh.packet
+        _v, _m, out = dp.handle(seg(c, s, 40000, 5201, syn, 0, 0), 1, 0)
+        port = int.from_bytes(out[20:22], "big") if out is not None else 40000
+        rdst = pub if nat else c
+        dp.handle(seg(s, rdst, 5201, port, syn | ack, 100, 1), 2, 0)
+        dp.handle(seg(c, s, 40000, 5201, ack, 1, 101), 1, 0)
+        flow = []
+        for i in range(n // 2):
+            flow.append((seg(c, s, 40000, 5201, psh, 1 + 1400 * i, 101), 1))
+            flow.append((seg(s, rdst, 5201, port, ack, 101, 1 + 1400 * (i + 1)), 2))
+        return dp, flow
+
+    best: dict[bool, float] = {}
+    rewritten: dict[bool, int] = {}
+    for _round in range(3):
+        for nat in (False, True):
+            dp, flow = build(nat)
+            handle = dp.handle
+            t0 = time.perf_counter()
+            k = 0
+            for data, indev in flow:
+                if handle(data, indev, 0)[2] is not None:
+                    k += 1
+            dt = (time.perf_counter() - t0) / len(flow)
+            best[nat] = min(best.get(nat, dt), dt)
+            rewritten[nat] = k
+        if nat:
+            NatShell.detach(dp.engine)
+    off, on = best[False], best[True]
+    print(f"Datapath.handle, established TCP, {n} packets, best of 3:")
+    print(f"  NAT off: {off * 1e6:6.2f} us/packet ({1 / off:9.0f} packets/s), rewritten 0")
+    k = rewritten[True]
+    print(f"  NAT on:  {on * 1e6:6.2f} us/packet ({1 / on:9.0f} packets/s), rewritten {k}")
+    print(f"  on/off: {on / off:.2f} x the time, +{(on - off) * 1e6:.2f} us per packet")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pmct.node.bench_nat", description=__doc__)
     ap.add_argument("--seconds", type=float, default=5.0)
@@ -68,7 +144,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--setups", default=",".join(SETUPS))
     ap.add_argument("--traffic", default=",".join(TRAFFIC))
     ap.add_argument("--json", default=None, help="also write every run here")
+    ap.add_argument("--micro", action="store_true", help="per-packet cost, no lab")
     a = ap.parse_args(argv)
+    if a.micro:
+        micro()
+        return 0
     if os.geteuid() != 0:
         print("bench_nat: needs root (network namespaces)", file=sys.stderr)
         return 2
