@@ -137,6 +137,44 @@ def micro(n: int = 20000) -> None:
     print(f"  on/off: {on / off:.2f} x the time, +{(on - off) * 1e6:.2f} us per packet")
 
 
+def _cpu_us(r: Result) -> float | None:
+    """fw-a's pmct CPU time per packet it forwarded (µs): less sensitive to the throughput
+    the loaded machine allows than Mbit/s."""
+    if r.cpu_a is None or not r.fw_pps:
+        return None
+    return r.cpu_a / 100.0 / r.fw_pps * 1e6
+
+
+def summarize(results: list[Result], setups: list[str], traffics: list[str]) -> None:
+    print("\nmedians (NAT on / off within each pair, same run):")
+    for traffic in traffics:
+        med: dict[str, dict[str, float | None]] = {}
+        for setup in setups:
+            rs = [r for r in results if r.mode == setup and r.traffic == traffic]
+            if not rs:
+                continue
+            med[setup] = m = {
+                "mbps": _median([r.mbps for r in rs]),
+                "pps": _median([r.fw_pps for r in rs]),
+                "cpu_a": _median([r.cpu_a for r in rs]),
+                "cpu_us": _median([_cpu_us(r) for r in rs]),
+            }
+            print(
+                f"  {traffic:<10} {setup:<12} {m['mbps'] or 0:9.1f} Mbit/s "
+                f"{m['pps'] or 0:10.0f} pkt/s  fw-a CPU {m['cpu_a']}% = "
+                f"{m['cpu_us'] or 0:.1f} us per forwarded packet"
+            )
+        for off, on in PAIRS:
+            x, y = med.get(off), med.get(on)
+            if x and y and x["mbps"] and x["pps"] and x["cpu_us"]:
+                print(
+                    f"  {traffic:<10} {on} / {off}: "
+                    f"{(y['mbps'] or 0) / x['mbps']:.2f} x Mbit/s, "
+                    f"{(y['pps'] or 0) / x['pps']:.2f} x pkt/s, "
+                    f"{(y['cpu_us'] or 0) / x['cpu_us']:.2f} x CPU per packet"
+                )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pmct.node.bench_nat", description=__doc__)
     ap.add_argument("--seconds", type=float, default=5.0)
@@ -145,7 +183,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--traffic", default=",".join(TRAFFIC))
     ap.add_argument("--json", default=None, help="also write every run here")
     ap.add_argument("--micro", action="store_true", help="per-packet cost, no lab")
+    ap.add_argument("--summarize", default=None, help="print the medians of a --json file")
     a = ap.parse_args(argv)
+    if a.summarize:
+        with open(a.summarize) as fh:
+            results = [Result(**r) for r in json.load(fh)]
+        summarize(results, a.setups.split(","), a.traffic.split(","))
+        return 0
     if a.micro:
         micro()
         return 0
@@ -171,28 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                     f"{r.cpu_a!s:>7} {r.cpu_b!s:>7} {r.active_missed!s:>9} {r.note}",
                     flush=True,
                 )
-    print("\nmedians (NAT on / off within each pair, same run):")
-    for traffic in a.traffic.split(","):
-        med: dict[str, dict[str, float | None]] = {}
-        for setup in setups:
-            rs = [r for r in results if r.mode == setup and r.traffic == traffic]
-            med[setup] = {
-                "mbps": _median([r.mbps for r in rs]),
-                "pps": _median([r.fw_pps for r in rs]),
-                "cpu_a": _median([r.cpu_a for r in rs]),
-            }
-            m = med[setup]
-            print(
-                f"  {traffic:<10} {setup:<12} {m['mbps'] or 0:9.1f} Mbit/s "
-                f"{m['pps'] or 0:10.0f} pkt/s  fw-a CPU {m['cpu_a']}%"
-            )
-        for off, on in PAIRS:
-            if off in med and on in med and med[off]["mbps"] and med[off]["pps"]:
-                print(
-                    f"  {traffic:<10} {on} / {off}: "
-                    f"{(med[on]['mbps'] or 0) / (med[off]['mbps'] or 1):.2f} x Mbit/s, "
-                    f"{(med[on]['pps'] or 0) / (med[off]['pps'] or 1):.2f} x pkt/s"
-                )
+    summarize(results, setups, a.traffic.split(","))
     with open("/proc/loadavg") as f:
         print(f"load average at end: {' '.join(f.read().split()[:3])}")
     if a.json:
