@@ -36,6 +36,7 @@ PTH = Path(sysconfig.get_paths()["purelib"]) / "pmct_accel.pth"
 # code subclasses or monkeypatches from interpreted Python.
 MODULES = [
     "pmct/serial.py",
+    "pmct/wire/__init__.py",  # parse_ip: the engine's slow path calls it for every packet
     "pmct/wire/model.py",
     "pmct/wire/link.py",
     "pmct/wire/ipv4.py",

@@ -76,6 +76,8 @@ class Result:
     passive_missed: int | None
     queue_drops: int | None
     note: str = ""
+    per_drain_a: float | None = None  # netlink backend: packets per wake-up of fw-a's daemon
+    per_drain_b: float | None = None
 
 
 def _cpu(pid: int) -> float:
@@ -175,6 +177,12 @@ def run_one(mode: str, traffic: str, seconds: float, queue: dict[str, int | None
         # With offloads on, a GSO super-frame on the veth is several packets once segmented for
         # the queue, so the frame count understates what there was to see: take the larger.
         sent = max(sent, *tracked.values())
+        per_drain: dict[str, float | None] = {}
+        for fw in pids:
+            d0, d1 = st0[fw]["queue"].get("drain"), st1[fw]["queue"].get("drain")
+            if d0 and d1 and d1["drains"] > d0["drains"]:
+                n = (d1["packets"] - d0["packets"]) / (d1["drains"] - d0["drains"])
+                per_drain[fw] = round(n, 1)
         return Result(
             mode,
             traffic,
@@ -186,6 +194,8 @@ def run_one(mode: str, traffic: str, seconds: float, queue: dict[str, int | None
             sent - tracked["fw-a"],
             sent - tracked["fw-b"],
             qd,
+            per_drain_a=per_drain.get("fw-a"),
+            per_drain_b=per_drain.get("fw-b"),
         )
     finally:
         lab.down()
@@ -206,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     results: list[Result] = []
     head = (
         f"{'mode':<10} {'traffic':<10} {'Mbit/s':>9} {'fw pkt/s':>10} {'A CPU%':>7} {'B CPU%':>7} "
-        f"{'sent':>9} {'A missed':>9} {'B missed':>9} {'q.drops':>7}"
+        f"{'sent':>9} {'A missed':>9} {'B missed':>9} {'q.drops':>7} {'A pkt/wake':>10} "
+        f"{'B pkt/wake':>10}"
     )
     print(head, flush=True)
     for traffic in a.traffic.split(","):
@@ -220,7 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             print(
                 f"{r.mode:<10} {r.traffic:<10} {r.mbps:9.1f} {r.fw_pps:10.0f} "
                 f"{f(r.cpu_a, 7)} {f(r.cpu_b, 7)} {r.sent:9d} {f(r.active_missed, 9)} "
-                f"{f(r.passive_missed, 9)} {f(r.queue_drops, 7)} {r.note}",
+                f"{f(r.passive_missed, 9)} {f(r.queue_drops, 7)} {f(r.per_drain_a, 10)} "
+                f"{f(r.per_drain_b, 10)} {r.note}",
                 flush=True,
             )
     for traffic in a.traffic.split(","):

@@ -69,6 +69,8 @@ log = logging.getLogger("pmct.daemon")
 SERVICE_INTERVAL: Final = 0.05  # seconds between housekeeping rounds
 STATE_POLL: Final = 0.1
 RATE_WINDOW: Final = 5.0  # seconds over which packets/s is computed
+PASSIVE_COALESCE: Final = 0.0005  # a passive node sleeps this long after a small burst ...
+COALESCE_BELOW: Final = 64  # ... of fewer packets than this (netlink backend)
 
 _DROPPED: Final = int(CtState.DROPPED)
 _SEEN_REPLY: Final = int(Status.SEEN_REPLY)
@@ -493,25 +495,40 @@ class Daemon:
                 rfds.append(self.sync.fileno())
                 timeout = max(0.0, min(timeout, self.sync_due - now))
             try:
-                r, _, _ = select.select(rfds, self.control.write_fds(), [], timeout)
+                r, w, _ = select.select(rfds, self.control.write_fds(), [], timeout)
             except InterruptedError:
                 continue
             if self._wakeup_r in r:
                 with contextlib.suppress(OSError):
                     os.read(self._wakeup_r, 512)
+            drained: int | None = None
             if qfd in r:
                 try:
-                    self.queue.drain()
+                    drained = self.queue.drain()
                 except _Stop:
                     break
                 except OSError as e:  # recv failed: log, keep going
                     log.warning("queue recv: %s", e)
             if self.sync is not None:
                 self._sync_service(time.monotonic())
-            try:
-                self._service(time.monotonic(), set(r))
-            except _Stop:
-                break
+            now = time.monotonic()
+            # Housekeeping when it is due or another fd is ready, not after every burst: a
+            # wake-up for a few packets must stay cheap (docs/performance.md, node section).
+            if now >= self._next_service or w or len(r) > (qfd in r):
+                try:
+                    self._service(now, set(r))
+                except _Stop:
+                    break
+            if (
+                drained is not None
+                and drained < COALESCE_BELOW
+                and not self.active
+                and (self.sync is None or self.sync.fileno() not in r)
+            ):
+                # A passive node only drops: let packets gather for a moment instead of waking
+                # up for every few (each wake-up costs a select() and a batch verdict). Not
+                # while ct_sync datagrams arrive: its ACKs keep an initial sync moving.
+                time.sleep(PASSIVE_COALESCE)
 
     def _set_verdicts(self, role: Role) -> None:
         self.active = role is Role.ACTIVE
@@ -628,6 +645,10 @@ class Daemon:
         if events and self.sync is not None:
             self.sync.engine_events(events, now)
         self.watch_events = self.control is not None and self.control.subscribers > 0
+        if self.sync is None and (self.engine.events is not None) != self.watch_events:
+            # Without ct_sync only `conntrack -E` reads events: record them only while someone
+            # watches, since recording them keeps every packet off the engine's fast path.
+            self.engine.events = [] if self.watch_events else None
         if not events or not self.watch_events:
             return
         assert self.control is not None
@@ -741,6 +762,12 @@ class Daemon:
                 "waiting": qs.waiting if qs else None,
                 "queue_dropped": qs.queue_dropped if qs else None,
                 "user_dropped": qs.user_dropped if qs else None,
+                # netlink backend: packets per wake-up, batch and single verdicts
+                **(
+                    {"drain": self.queue.stats.as_dict()}
+                    if isinstance(self.queue, NetlinkQueue)
+                    else {}
+                ),
             },
             "packets": {"total": self.packets, "per_second": round(rate, 1)},
             "ctstates": {CTSTATE_NAMES[i]: verdicts[i] for i in range(len(verdicts))},
