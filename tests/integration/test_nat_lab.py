@@ -331,9 +331,23 @@ def test_icmp_error_for_a_natted_flow_is_translated_back(lab: Lab) -> None:
     start(lab, "fw-a", "active", strict=False)  # any new connection from the LAN: UDP too
     cap = Capture(lab, "ws")
     p = lab.sh("client", [sys.executable, "-c", REFUSED], check=False, timeout=30)
-    frames = ipv4_frames(cap.stop())
     assert p.stdout.startswith("refused"), (p.stdout, p.stderr)
-    errors = [ip for ip in frames if isinstance(ip.data, dpkt.icmp.ICMP) and ip.data.type == 3]
+
+    def unreachables() -> list[dpkt.ip.IP]:
+        try:  # tcpdump -U writes every frame at once; a loaded host may lag a little
+            with open(cap.file, "rb") as f:
+                frames = [bytes(buf) for _ts, buf in dpkt.pcap.Reader(f)]
+        except (OSError, ValueError, dpkt.NeedData):
+            return []
+        return [
+            ip
+            for ip in ipv4_frames(frames)
+            if isinstance(ip.data, dpkt.icmp.ICMP) and ip.data.type == 3
+        ]
+
+    wait_for("the server's port unreachable in the capture", unreachables, 10)
+    cap.stop()
+    errors = unreachables()
     assert errors and all(dpkt.utils.inet_to_str(ip.dst) == PUBLIC for ip in errors)
     quoted = errors[0].data.data.data  # the datagram the server received: the SNATed one
     assert dpkt.utils.inet_to_str(quoted.src) == PUBLIC
