@@ -55,6 +55,9 @@ __all__ = [
     "expect_from_keys",
     "expect_init",
     "expect_max_for",
+    "expectfn_name",
+    "get_expectfn",
+    "register_expectfn",
     "split_key",
 ]
 
@@ -69,6 +72,28 @@ EXP_DESTROY: Final = 3  # = EventType.DESTROY
 _CONFIRMED: Final = int(Status.CONFIRMED)
 _DYING: Final = int(Status.DYING)
 _INF: Final = float("inf")
+
+
+# kernel nf_ct_helper_expectfn_register(): expectation callbacks by name, so that ctnetlink (here
+# ct_sync's EXP_NAT) can name one ("nat-follow-master") and the receiver find it again.
+_EXPECTFNS: dict[str, Callable[[Conn, Expectation], None]] = {}
+
+
+def register_expectfn(name: str, fn: Callable[[Conn, Expectation], None]) -> None:
+    _EXPECTFNS[name] = fn
+
+
+def get_expectfn(name: str) -> Callable[[Conn, Expectation], None] | None:
+    """kernel nf_ct_helper_expectfn_find_by_name()."""
+    return _EXPECTFNS.get(name)
+
+
+def expectfn_name(fn: Callable[[Conn, Expectation], None]) -> str | None:
+    """kernel nf_ct_helper_expectfn_find_by_symbol()."""
+    for name, f in _EXPECTFNS.items():
+        if f is fn:
+            return name
+    return None
 
 
 def expect_max_for(buckets: int) -> int:

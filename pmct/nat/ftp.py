@@ -55,7 +55,7 @@ from typing import Final
 
 from pmct.conntrack.conn import Conn
 from pmct.conntrack.constants import CtState, Status
-from pmct.conntrack.expect import Expectation, ExpectTable
+from pmct.conntrack.expect import Expectation, ExpectTable, register_expectfn
 from pmct.conntrack.helpers.ftp import (
     FTP,
     FTP_EPRT,
@@ -155,6 +155,12 @@ def follow_master(conn: Conn, exp: Expectation) -> None:
     if ndst != dst or ndport != dport:
         status |= _DST_NAT
     conn.status = status
+
+
+# kernel nf_nat_helper.c: follow_master_nat = { .name = "nat-follow-master" }, registered so
+# that ctnetlink (ct_sync's EXP_NAT) can carry it by name
+FOLLOW_MASTER: Final = "nat-follow-master"
+register_expectfn(FOLLOW_MASTER, follow_master)
 
 
 def _pending(conn: Conn) -> list[Mangle | None]:

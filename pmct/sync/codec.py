@@ -121,6 +121,8 @@ class Ext(IntEnum):
     HELPER_DATA = 3
     UDP_STREAM = 4
     SCTP = 5
+    SEQADJ = 6  # CT_UPDATE: NAT sequence adjustment (kernel struct nf_conn_seqadj)
+    EXP_NAT = 7  # EXP_UPDATE: NAT of the expected connection (kernel CTA_EXPECT_NAT/_FN)
 
 
 EXT_NAT_FIRST: Final = 6  # 6..15: reserved for NAT data (sequence adjustment, NAT helpers)
@@ -162,6 +164,9 @@ _CT_FIXED: Final = struct.Struct("!HBI")  # status, state, timeout_ms
 _TCP_FIXED: Final = struct.Struct("!BBB")  # tflags0, tflags1, scales
 _U32: Final = struct.Struct("!I")
 _SCTP: Final = struct.Struct("!IIBBBB")  # vtag0, vtag1, init0, init1, flags, last_dir
+_SEQADJ: Final = struct.Struct("!IiiIii")  # per direction: correction_pos, before, after
+_EXP_NAT: Final = struct.Struct("!BH")  # dir, saved port; then the expectfn name
+MAX_EXPECTFN_NAME: Final = 32  # "nat-follow-master" (kernel: a C string, no fixed limit)
 _EXP_TAIL: Final = struct.Struct("!IHBB")  # timeout_ms, flags, class, helper length
 # The twelve u32 of Conn.tw (TW_FIELDS order), then last_dir, last_index, last_wscale,
 # last_flags, retrans. Pinned for version 1: a test fails if TW_FIELDS changes.
@@ -463,6 +468,7 @@ class CtRecord:
     helper_data: bytes | None = None
     stream_ms: int | None = None  # UDP: ms until Conn.stream_ts
     sctp: tuple[int, ...] | None = None  # vtag0, vtag1, init0, init1, flags, last_dir
+    seqadj: tuple[int, ...] | None = None  # pos0, before0, after0, pos1, before1, after1
 
 
 @dataclass(frozen=True, slots=True)
@@ -483,6 +489,7 @@ class ExpRecord:
     flags: int = 0
     cls: int = 0
     helper: str = ""
+    nat: tuple[int, int, str] | None = None  # dir, saved port, expectfn name
 
 
 @dataclass(frozen=True, slots=True)
@@ -531,6 +538,8 @@ def encode_ct_update(r: CtRecord) -> bytes:
         ext.append(_ext(Ext.UDP_STREAM, _U32.pack(min(r.stream_ms, _U32_MAX))))
     if r.sctp is not None:
         ext.append(_ext(Ext.SCTP, _SCTP.pack(*r.sctp)))
+    if r.seqadj is not None:
+        ext.append(_ext(Ext.SEQADJ, _SEQADJ.pack(*r.seqadj)))
     if ext:
         flags |= RF_EXT
         parts.extend(ext)
@@ -630,6 +639,10 @@ def _decode_ext(data: bytes, off: int, end: int, rec: CtRecord) -> None:
             if sctp[2] > 1 or sctp[3] > 1 or sctp[5] > 1:
                 raise _bad("ext: bad SCTP init/last_dir")
             rec.sctp = sctp
+        elif t == Ext.SEQADJ:
+            if n != _SEQADJ.size:
+                raise _bad("ext: bad SEQADJ length")
+            rec.seqadj = _SEQADJ.unpack(value)
         elif t == 0:
             raise _bad("ext: TLV type 0")
         # any other type: unknown to version 1, skipped (forward compatibility)
@@ -711,6 +724,13 @@ def encode_exp_update(r: ExpRecord) -> bytes:
     if len(name) > MAX_HELPER_NAME:
         raise ValueError("helper name longer than 16 bytes")
     body = head + _EXP_TAIL.pack(min(r.timeout_ms, _U32_MAX), r.flags, r.cls, len(name)) + name
+    if r.nat is not None:
+        d, port, fn = r.nat
+        fname = fn.encode("ascii")
+        if not 1 <= len(fname) <= MAX_EXPECTFN_NAME:
+            raise ValueError("expectfn name must be 1..32 bytes")
+        flags |= RF_EXT
+        body += _ext(Ext.EXP_NAT, _EXP_NAT.pack(d, port) + fname)
     return _REC_HEAD.pack(MsgType.EXP_UPDATE, flags, 4 + len(body)) + body
 
 
@@ -728,12 +748,44 @@ def _decode_exp_update(data: bytes, off: int, end: int, flags: int) -> ExpRecord
     if not _helper_name_ok(name):
         raise _bad("exp update: bad helper name")
     off += hlen
+    nat = None
     if flags & RF_EXT:
-        scratch = CtRecord(proto, key, key, 0, 0, 0)  # version 1 defines no EXP TLV: skip all
-        _decode_ext(data, off, end, scratch)
+        nat = _decode_exp_ext(data, off, end)
     elif off != end:
         raise _bad("exp update: trailing bytes")
-    return ExpRecord(proto, key, mask, master, timeout_ms, eflags, cls, name.decode("ascii"))
+    return ExpRecord(proto, key, mask, master, timeout_ms, eflags, cls, name.decode("ascii"), nat)
+
+
+def _decode_exp_ext(data: bytes, off: int, end: int) -> tuple[int, int, str] | None:
+    """The TLVs of an EXP_UPDATE: EXP_NAT is known, others are skipped (same rules as
+    _decode_ext)."""
+    seen: set[int] = set()
+    nat = None
+    if off >= end:
+        raise _bad("ext: empty extension area")
+    while off < end:
+        if off + 2 > end:
+            raise _bad("ext: truncated TLV head")
+        t, n = data[off], data[off + 1]
+        off += 2
+        if off + n > end:
+            raise _bad("ext: TLV runs past the record")
+        value = data[off : off + n]
+        off += n
+        if t in seen:
+            raise _bad(f"ext: TLV {t} repeated")
+        seen.add(t)
+        if t == Ext.EXP_NAT:
+            fname = value[_EXP_NAT.size :]
+            if n <= _EXP_NAT.size or len(fname) > MAX_EXPECTFN_NAME or not _helper_name_ok(fname):
+                raise _bad("ext: bad EXP_NAT")
+            d, port = _EXP_NAT.unpack_from(value)
+            if d > 1:
+                raise _bad("ext: bad EXP_NAT direction")
+            nat = (d, port, fname.decode("ascii"))
+        elif t == 0:
+            raise _bad("ext: TLV type 0")
+    return nat
 
 
 def encode_exp_delete(r: ExpDelete) -> bytes:

@@ -23,8 +23,9 @@ from typing import Any, Final
 
 from pmct.conntrack.conn import TW_FIELDS, Conn, new_tcp_window
 from pmct.conntrack.constants import Status
-from pmct.conntrack.expect import Expectation
+from pmct.conntrack.expect import Expectation, expectfn_name
 from pmct.conntrack.keys import IPPROTO_TCP, IPPROTO_UDP
+from pmct.conntrack.proto.tcp import SEQADJ_KEY
 from pmct.sync.codec import (
     CT_TCP4_LEN,
     WINDOW_WORDS,
@@ -56,7 +57,9 @@ __all__ = [
 # entry as already gone.
 SYNC_STATUS_MASK: Final = 0xFFFF & ~int(Status.DYING)
 # Bits the kernel only ever sets; a merge ORs them (docs/protocol.md §10).
-STICKY_STATUS: Final = int(Status.SEEN_REPLY | Status.ASSURED | Status.CONFIRMED)
+STICKY_STATUS: Final = int(
+    Status.SEEN_REPLY | Status.ASSURED | Status.CONFIRMED | Status.SEQ_ADJUST
+)
 MAXACK_SET: Final = 0x20  # IP_CT_TCP_FLAG_MAXACK_SET (kernel nf_conntrack_tcp.h)
 _U32_MAX: Final = 0xFFFF_FFFF
 _SCTP_KEY: Final = "sctp"  # conntrack/proto/sctp.py EXTRA_KEY
@@ -146,6 +149,9 @@ def conn_to_record(conn: Conn, now: float, *, window: bool = False) -> CtRecord:
         st = extra.get(_SCTP_KEY)
         if st is not None:
             rec.sctp = (st[0], st[1], int(bool(st[2])), int(bool(st[3])), st[4], st[5])
+        sa = extra.get(SEQADJ_KEY)
+        if sa is not None and len(sa) == 6:
+            rec.seqadj = tuple(int(v) for v in sa)
     return rec
 
 
@@ -299,6 +305,12 @@ def write_conn(
         extra[_SCTP_KEY] = list(rec.sctp)
     elif extra is not None:
         extra.pop(_SCTP_KEY, None)
+    if rec.seqadj is not None:
+        # NAT sequence offsets (pmct/nat/seqadj.py); a record without them leaves local ones
+        # (a node that saw the rewrite itself keeps what it computed)
+        if extra is None:
+            extra = conn.extra = {}
+        extra[SEQADJ_KEY] = list(rec.seqadj)
     if extra is not None and not any(v is not None and v != 0 for v in extra.values()):
         conn.extra = None  # only defaults left (Conn keeps mark/helper/master in extra)
 
@@ -321,7 +333,17 @@ def exp_to_record(exp: Expectation, now: float) -> ExpRecord:
         exp.flags & 0xFFFF,
         exp.klass & 0xFF,
         _helper_name(exp.master.helper) or "",
+        _exp_nat(exp),
     )
+
+
+def _exp_nat(exp: Expectation) -> tuple[int, int, str] | None:
+    """(dir, saved port, expectfn name) of an expectation a NAT helper made, else None."""
+    fn = exp.expectfn
+    if fn is None:
+        return None
+    name = expectfn_name(fn)
+    return None if name is None else (exp.dir, exp.saved_port & 0xFFFF, name)
 
 
 def exp_delete_record(exp: Expectation) -> ExpDelete:

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 from pmct.conntrack.conn import Conn
 from pmct.conntrack.constants import Status
-from pmct.conntrack.expect import expect_from_keys
+from pmct.conntrack.expect import expect_from_keys, get_expectfn
 from pmct.sync.codec import ExpDelete, ExpRecord
 from pmct.sync.records import exp_to_record
 
@@ -198,6 +198,10 @@ class EngineTable:
         exp = expect_from_keys(master, rec.key, rec.mask, klass=rec.cls, flags=rec.flags)
         if exp is None:
             return False
+        if rec.nat is not None:  # kernel ctnetlink: CTA_EXPECT_NAT and CTA_EXPECT_FN
+            fn = get_expectfn(rec.nat[2])
+            if fn is not None:
+                exp.dir, exp.saved_port, exp.expectfn = rec.nat[0], rec.nat[1], fn
         helper = master.helper
         policies = getattr(helper, "policies", ())
         policy = policies[exp.klass] if exp.klass < len(policies) else None

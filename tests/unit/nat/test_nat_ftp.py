@@ -21,20 +21,33 @@ from pmct.conntrack.conn import Conn
 from pmct.conntrack.constants import CtState, Status
 from pmct.conntrack.core import Engine
 from pmct.conntrack.helpers.ftp import FTP
+from pmct.errors import MalformedMessage
 from pmct.nat.alloc import Nat
 from pmct.nat.ftp import (
     DROP_MANGLE,
     EXTRA_KEY,
+    FOLLOW_MASTER,
     FtpNat,
     disable_ftp_nat,
     enable_ftp_nat,
     fmt_cmd,
+    follow_master,
     ftp_nat_packet,
     mangle_tcp,
 )
 from pmct.nat.rewrite import nat_packet
 from pmct.nat.rules import parse_nat
 from pmct.nat.seqadj import get_seqadj
+from pmct.sync.codec import (
+    CtRecord,
+    ExpRecord,
+    decode_records,
+    encode_ct_update,
+    encode_exp_update,
+)
+from pmct.sync.merge import apply_merge
+from pmct.sync.records import STICKY_STATUS, conn_to_record, exp_to_record, new_conn
+from pmct.sync.table import EngineTable
 
 SYN, ACK, SYNACK, PSHACK = 0x02, 0x10, 0x12, 0x18
 NEW, EST, REL, INV = (
@@ -655,3 +668,115 @@ def test_eprt_through_nat66() -> None:
     st, d, out = go(tcp6(s6, p6, 20, 50000, SYN, 5000, 0))
     assert (st, d) == (REL, 0) and out is not None
     assert dpkt.ip6.IP6(out).dst == socket.inet_pton(socket.AF_INET6, c6)
+
+
+# ---------------------------------------------------------------------------------- ct_sync
+# Failover onto a node that did not see the session (restarted, or a replicate-mode standby):
+# ct_sync carries the offsets (Ext.SEQADJ on CT_UPDATE) and the expectation's NAT (Ext.EXP_NAT:
+# dir, saved port, "nat-follow-master").
+
+
+def roundtrip_ct(rec: CtRecord) -> CtRecord:
+    (out,) = decode_records(encode_ct_update(rec))
+    assert isinstance(out, CtRecord)
+    return out
+
+
+def roundtrip_exp(rec: ExpRecord) -> ExpRecord:
+    (out,) = decode_records(encode_exp_update(rec))
+    assert isinstance(out, ExpRecord)
+    return out
+
+
+def test_codec_carries_seqadj_and_exp_nat() -> None:
+    key = a(C1) + a(S) + b"\x9c\x40\x00\x15"
+    rec = CtRecord(6, key, a(S) + a(P) + b"\x00\x15\x9c\x40", 0x1DE, 3, 1000)
+    rec.seqadj = (4000000000, -3, 4, 7, 0, 2)
+    assert roundtrip_ct(rec) == rec
+    exp = ExpRecord(6, key, key, key, 5000, 0, 0, "ftp", (1, 50000, FOLLOW_MASTER))
+    assert roundtrip_exp(exp) == exp
+    plain = ExpRecord(6, key, key, key, 5000, 0, 0, "ftp")
+    assert roundtrip_exp(plain) == plain
+
+
+def test_codec_refuses_bad_nat_extensions() -> None:
+    key = a(C1) + a(S) + b"\x9c\x40\x00\x15"
+    body = encode_ct_update(CtRecord(6, key, a(S) + a(C1) + b"\x00\x15\x9c\x40", 0, 3, 1))
+    # append a SEQADJ TLV of the wrong length (and set the EXT flag)
+    bad = bytearray(body + bytes((6, 3, 1, 2, 3)))
+    bad[1] |= 0x10
+    bad[2:4] = len(bad).to_bytes(2, "big")
+    with pytest.raises(MalformedMessage):
+        decode_records(bytes(bad))
+    good = encode_exp_update(ExpRecord(6, key, key, key, 5, 0, 0, "ftp", (1, 21, "x")))
+    wrong_dir = bytearray(good)
+    wrong_dir[wrong_dir.index(bytes((7, 4, 1))) + 2] = 2  # dir 2
+    with pytest.raises(MalformedMessage):
+        decode_records(bytes(wrong_dir))
+
+
+def test_failover_onto_a_node_that_missed_the_port_command() -> None:
+    w, c, s, conn, (_, _, out) = active_session()
+    assert payload(out) == b"PORT 198,18,1,1,195,80\r\n"
+    now = w.now
+    # the standby rebuilds its table from records, as init sync does after a restart
+    standby = engine()
+    table = EngineTable(standby)
+    for x in w.e.conns():
+        rec = roundtrip_ct(conn_to_record(x, now, window=True))
+        assert table.insert(new_conn(rec, now, resolve_helper=standby.resolve_helper), now)
+    (exp,) = w.e.expectations(now)
+    assert exp.expectfn is follow_master
+    assert table.apply_expect(roundtrip_exp(exp_to_record(exp, now)), now, authoritative=True)
+    moved = standby.table.get(conn.key, now)
+    assert moved is not None and moved.status & Status.SEQ_ADJUST
+    assert get_seqadj(moved) == get_seqadj(conn)
+    (sexp,) = standby.expectations(now)
+    assert (sexp.expectfn, sexp.dir, sexp.saved_port) == (follow_master, 1, 50000)
+
+    # the standby becomes active: the server's ack of the longer stream is accepted, the
+    # client's next command is shifted
+    w.e = standby
+    st, d, out = w.send(s, P, 40000, c, PSHACK, b"200 ok\r\n")
+    assert (st, d) == (EST, 1) and hdr(out)[5] == c.nxt
+    st, _, out = w.send(c, S, 21, s, PSHACK, b"RETR f\r\n")
+    assert st == EST and hdr(out)[4] == (c.nxt - 8 + 2) & 0xFFFFFFFF
+    # the server's data connection reaches the client
+    sd = Peer(S, 20, 7000)
+    cd = Peer(C1, 50000, 3000)
+    _views[id(cd)] = (S, 20)
+    st, d, out = w.send(sd, P, 50000, cd, SYN)
+    assert (st, d) == (REL, 0) and hdr(out)[:4] == (S, C1, 20, 50000)
+    assert standby.invalid_reasons == {}
+
+
+def test_without_the_offsets_the_standby_refuses_the_stream() -> None:
+    """The control: the same failover with records stripped of SEQADJ breaks the control
+    connection (the kernel's tracker would do the same), so the test above measures it."""
+    w, c, s, _, _ = active_session()
+    now = w.now
+    standby = engine()
+    table = EngineTable(standby)
+    for x in w.e.conns():
+        rec = conn_to_record(x, now, window=True)
+        rec.seqadj = None
+        table.insert(new_conn(rec, now, resolve_helper=standby.resolve_helper), now)
+    w.e = standby
+    st, _, _ = w.send(s, P, 40000, c, ACK)
+    assert st != EST
+
+
+def test_stale_record_keeps_the_sticky_seq_adjust_bit() -> None:
+    """Concurrent merge: a record from before the PORT (no SEQ_ADJUST) must not clear the bit
+    the local node set (the kernel only ever sets IPS_SEQ_ADJUST)."""
+    assert STICKY_STATUS & Status.SEQ_ADJUST
+    e = engine()
+    w = Wire(e)
+    c = Peer(C1, 40000, 1000)
+    s = Peer(S, 21, 9000)
+    conn = control(w, c, s, S)
+    before = conn_to_record(conn, w.now + 100.0)  # "newer" by expiry, made before the PORT
+    w.send(c, S, 21, s, PSHACK, b"PORT 10,0,0,2,195,80\r\n")
+    assert conn.status & Status.SEQ_ADJUST
+    apply_merge(EngineTable(e), before, w.now, w.now)
+    assert conn.status & Status.SEQ_ADJUST and get_seqadj(conn) is not None

@@ -83,6 +83,8 @@ def test_pinned_wire_numbers() -> None:
         "HELPER_DATA": 3,
         "UDP_STREAM": 4,
         "SCTP": 5,
+        "SEQADJ": 6,  # the first two numbers of the NAT range 6..15
+        "EXP_NAT": 7,
     }
     assert (codec.EXT_NAT_FIRST, codec.EXT_NAT_LAST) == (6, 15)
     assert (codec.FLAG_HMAC, codec.FLAG_WALK) == (1, 2)
