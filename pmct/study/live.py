@@ -70,6 +70,7 @@ import os
 import re
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -212,6 +213,9 @@ class LiveResult:
     notes: list[str] = field(default_factory=list)
     lost: list[str] = field(default_factory=list)  # sessions that did not survive, and why
     mismatches: list[str] = field(default_factory=list)  # master vs standby, a sample
+    diag: list[str] = field(default_factory=list)  # the standby's own word, before and after
+    runs: int = 1  # > 1: pooled over that many runs (pooled())
+    recovered: int = 0  # runs whose agreement recovered after the restart
 
     @property
     def agreement(self) -> float:
@@ -228,13 +232,48 @@ class LiveResult:
         return cpu_s * 1e6 / self.data_packets if self.data_packets else 0.0
 
 
+def pooled(runs: list[LiveResult]) -> LiveResult:
+    """Several runs of one scenario as one result: counts summed (so shares are pooled,
+    not means of ratios), the outage and take-over time the median, the resync bytes the
+    mean, the recovery time the median when every run recovered."""
+    if len(runs) == 1:
+        return runs[0]
+    out = LiveResult(runs[0].scenario, runs=len(runs))
+    for name in ("master_entries", "held", "agreeing", "sessions", "survived", "failed",
+                 "ping_lost", "data_packets", "sync_bytes", "sync_frames", "seconds",
+                 "cpu_master_s", "cpu_standby_s"):  # fmt: skip
+        setattr(out, name, sum(getattr(r, name) for r in runs))
+    outages = [r.outage_s for r in runs if r.outage_s is not None]
+    out.outage_s = statistics.median(outages) if outages else None
+    out.takeover_s = statistics.median(r.takeover_s for r in runs)
+    out.resync_bytes = round(statistics.mean(r.resync_bytes for r in runs))
+    before = [r.restart_before for r in runs if r.restart_before is not None]
+    out.restart_before = statistics.mean(before) if before else None
+    recs = [r.recover_s for r in runs if r.recover_s is not None]
+    if before and len(recs) == len(runs):
+        out.recover_s = statistics.median(recs)
+    elif before:
+        out.notes.append(
+            f"agreement recovered before the failover in {len(recs)} of {len(runs)} runs"
+        )
+    out.recovered = len(recs)
+    out.recovery = runs[0].recovery
+    for i, r in enumerate(runs, 1):
+        out.notes += [f"run {i}: {n}" for n in r.notes if "not recovered" not in n]
+        out.lost += [f"run {i}: {x}" for x in r.lost]
+        out.mismatches += [f"run {i}: {x}" for x in r.mismatches]
+        out.diag += [f"run {i}: {x}" for x in r.diag if x]
+    return out
+
+
 @dataclass(slots=True)
 class LiveStudy:
     spec: StudySpec
     scenarios: list[LiveScenario]
-    results: dict[LiveScenario, LiveResult]
+    results: dict[LiveScenario, LiveResult]  # pooled over the runs
     seconds: float
     load: str = ""  # `uptime` before and after
+    runs: dict[LiveScenario, list[LiveResult]] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------------------- small helpers
@@ -410,6 +449,10 @@ class _Pair:
 
     def stop_master(self) -> None: ...
 
+    def diagnose(self, when: str) -> str:
+        """A line of the standby's own counters (for the CSV; "" if it has none)."""
+        return ""
+
 
 class PmctPair(_Pair):
     """pmct on both firewalls (strict ruleset, tcp_loose off)."""
@@ -470,6 +513,21 @@ class PmctPair(_Pair):
 
     def sync_port(self) -> int:
         return PMCT_SYNC_PORT
+
+    def diagnose(self, when: str) -> str:
+        try:
+            st = self.lab.control("fw-b", "status")
+        except Exception as e:
+            return f"{when}: no status ({e})"
+        sync = st.get("sync", {})
+        c = sync.get("counters", {})
+        inv = ", ".join(f"{k} {v}" for k, v in sorted(st.get("invalid", {}).items()))
+        return (
+            f"{when}: role {st.get('role')}, ready {st.get('ready')}, sync {sync.get('state')}, "
+            f"invalid {st.get('ctstates', {}).get('invalid', 0)} ({inv or '-'}), "
+            f"nack_sent {c.get('nack_sent', '-')}, gap_fallbacks {c.get('gap_fallbacks', '-')}, "
+            f"walks_received {c.get('walks_received', '-')}"
+        )
 
 
 class ConntrackdPair(_Pair):
@@ -827,6 +885,7 @@ def _run(
                 res.recovery.append((round(dt, 3), share))
                 if res.recover_s is None and share >= res.restart_before - tol:
                     res.recover_s = round(dt, 3)
+                    res.recovered = 1
                     res.resync_bytes = meter.sync_bytes_now() - resync0
                     meter.start()
                 time.sleep(spec.metrics.sample_interval)
@@ -841,6 +900,7 @@ def _run(
         res.mismatches = mismatches(m, s)
         bytes0 = traffic.curl_bytes()
         failed0 = traffic.curl_failed()
+        res.diag.append(pair.diagnose("before"))
         t_fail, wall_fail = time.monotonic(), time.time()
         pair.kill_master()
         if sc.miss_rate > 0:
@@ -852,6 +912,7 @@ def _run(
         bytes_half = traffic.curl_bytes()
         time.sleep(max(0.0, t_fail + live.observe - time.monotonic()))
         bytes_end = traffic.curl_bytes()
+        res.diag.append(pair.diagnose("after"))
         failed = traffic.curl_failed()
         # sessions open at the failover: running downloads that had received data
         open_curls = [c for c in traffic.curls if c not in failed0 and bytes0[c] > 0]
@@ -905,17 +966,22 @@ def run_live(spec: StudySpec, *, progress: bool = True, stream: TextIO | None = 
     check_host()
     t0 = time.monotonic()
     todo = live_scenarios(spec)
-    bar = Progress(len(todo), stream) if progress else None
+    bar = Progress(len(todo) * (spec.live or LiveSpec()).repeat, stream) if progress else None
     load0 = _uptime()
-    results: dict[LiveScenario, LiveResult] = {}
-    for sc in todo:
-        try:
-            results[sc] = run_scenario(spec, sc)
-        except LabError as e:  # one retry: a lab step can time out on a loaded machine
-            res = run_scenario(spec, sc)
-            res.notes.append(f"second attempt (the first failed: {str(e)[:120]})")
-            results[sc] = res
-        if bar is not None:
-            bar.step(sc.label)
+    live = spec.live or LiveSpec()
+    runs: dict[LiveScenario, list[LiveResult]] = {sc: [] for sc in todo}
+    # run k of every scenario before run k+1 of any: a slow phase of this shared machine
+    # then spreads over the scenarios instead of hitting one of them
+    for k in range(live.repeat):
+        for sc in todo:
+            try:
+                res = run_scenario(spec, sc)
+            except LabError as e:  # one retry: a lab step can time out on a loaded machine
+                res = run_scenario(spec, sc)
+                res.notes.append(f"second attempt (the first failed: {str(e)[:120]})")
+            runs[sc].append(res)
+            if bar is not None:
+                bar.step(f"run {k + 1}/{live.repeat} {sc.label}")
     load = f"load average before {load0}, after {_uptime()}"
-    return LiveStudy(spec, todo, results, time.monotonic() - t0, load)
+    results = {sc: pooled(rs) for sc, rs in runs.items()}
+    return LiveStudy(spec, todo, results, time.monotonic() - t0, load, runs)

@@ -17,12 +17,12 @@ from pmct.study.live import LiveResult, LiveScenario, LiveStudy
 __all__ = ["COLUMNS", "live_plots", "live_rows", "live_summary", "write_live"]
 
 COLUMNS = (
-    "strategy", "miss_rate", "sync_loss", "restart_at", "failover_at",
+    "run", "strategy", "miss_rate", "sync_loss", "restart_at", "failover_at",
     "master_entries", "held", "agreeing", "agreement", "sessions", "survived", "failed",
     "survival", "outage_s", "ping_lost", "takeover_s", "measured_s", "data_packets",
     "packets_per_s", "sync_bytes_per_s", "sync_frames_per_s", "resync_bytes",
     "cpu_master_us_per_pkt", "cpu_standby_us_per_pkt", "restart_before", "recover_s", "notes",
-    "lost_sessions", "mismatch_sample",
+    "lost_sessions", "mismatch_sample", "standby_diag",
 )  # fmt: skip
 
 _COLORS = {
@@ -39,10 +39,17 @@ def _opt(x: float | None, nd: int = 3) -> Any:
 
 
 def live_rows(study: LiveStudy) -> list[dict[str, Any]]:
+    """One row per run (the complete record; the summary pools them)."""
     out = []
     for sc in study.scenarios:
-        r = study.results[sc]
-        out.append({
+        for i, r in enumerate(study.runs.get(sc) or [study.results[sc]], 1):
+            out.append(_row(sc, r, i))
+    return out
+
+
+def _row(sc: LiveScenario, r: LiveResult, run: int) -> dict[str, Any]:
+    return {
+            "run": run,
             "strategy": sc.strategy,
             "miss_rate": sc.miss_rate,
             "sync_loss": sc.sync_loss,
@@ -72,8 +79,8 @@ def live_rows(study: LiveStudy) -> list[dict[str, Any]]:
             "notes": "; ".join(r.notes),
             "lost_sessions": "; ".join(r.lost),
             "mismatch_sample": "; ".join(r.mismatches),
-        })  # fmt: skip
-    return out
+            "standby_diag": "; ".join(d for d in r.diag if d),
+    }  # fmt: skip
 
 
 def _pct(x: float) -> str:
@@ -92,6 +99,12 @@ def _fault_q(sc: LiveScenario) -> str:
     return "—" if sc.strategy in ("none", "concurrent") else _p(sc.sync_loss)
 
 
+def _runs(study: LiveStudy) -> str:
+    n = {len(rs) for rs in study.runs.values()} or {1}
+    k = max(n)
+    return "1 run" if k == 1 else f"{k} runs"
+
+
 def live_summary(study: LiveStudy, *, command: str = "") -> str:
     spec, live = study.spec, study.spec.live
     lines = [f"# Live study `{spec.name}`", ""]
@@ -106,7 +119,9 @@ def live_summary(study: LiveStudy, *, command: str = "") -> str:
             "",
         ]
     lines += [
-        f"{len(study.scenarios)} scenarios in {study.seconds:.0f} s; {study.load}.",
+        f"{len(study.scenarios)} scenarios, {_runs(study)} each, in {study.seconds:.0f} s; "
+        f"{study.load}. Counts are pooled over the runs (results.csv has every run); "
+        "outage and take-over: median.",
         "",
         "## Failover",
         "",
@@ -139,7 +154,12 @@ def live_summary(study: LiveStudy, *, command: str = "") -> str:
         for sc in restarts:
             r = study.results[sc]
             before = "—" if r.restart_before is None else _pct(r.restart_before)
-            rec = "not before the failover" if r.recover_s is None else f"{r.recover_s:.2f} s"
+            if r.recover_s is not None:
+                rec = f"{r.recover_s:.2f} s" + (" (median)" if r.runs > 1 else "")
+            elif r.recovered:
+                rec = f"in {r.recovered} of {r.runs} runs only"
+            else:
+                rec = "not before the failover"
             lines.append(
                 f"| {sc.strategy} | {_fault_p(sc)} | {_fault_q(sc)} | {before} | {rec} | "
                 f"{r.resync_bytes} | {_pct(r.agreement)} | "

@@ -34,6 +34,7 @@ class LiveSpec:
     observe: float = 6.0  # seconds of traffic after the failover
     survive_bytes: int = 1  # a session survives if it receives this much after the failover
     backend: str = ""  # pmct's queue backend ("" = the node default)
+    repeat: int = 1  # runs per scenario (counts are pooled over them)
 
 
 def parse_live(sec: _Section, faults: FaultSpec) -> LiveSpec:
@@ -49,6 +50,7 @@ def parse_live(sec: _Section, faults: FaultSpec) -> LiveSpec:
         observe=sec.float_("observe", d.observe, 1.0, 600.0),
         survive_bytes=sec.int_("survive_bytes", d.survive_bytes, 1, 10**9),
         backend=sec.str_("backend", d.backend, ("", "netfilterqueue", "netlink")),
+        repeat=sec.int_("repeat", d.repeat, 1, 100),
     )
     sec.done()
     if live.flows == 0 and live.iperf_mbit == 0:

@@ -65,7 +65,7 @@ def test_the_committed_live_study_parses() -> None:
     assert len(scs) == len(set(scs))
     # faults a strategy cannot feel are folded away
     assert all(sc.miss_rate == 0 for sc in scs if sc.strategy in ("replicate", "none"))
-    assert [sc for sc in scs if sc.strategy == "none"] == [LiveScenario("none", failover_at=16.0)]
+    assert [sc for sc in scs if sc.strategy == "none"] == [LiveScenario("none", failover_at=14.0)]
 
 
 def test_canonical() -> None:
@@ -106,3 +106,35 @@ def test_conntrack_lines_and_agreement() -> None:
         False,
     )
     assert agreement(m, s) == (3, 2, 1)
+
+
+def test_pooled_runs_and_the_report(tmp_path: Path) -> None:
+    from pmct.study.live import LiveResult, LiveStudy, pooled
+    from pmct.study.live_report import write_live
+
+    spec = parse_study(live(faults__restart_at=["never", 5.0]))
+    a = LiveScenario("concurrent", failover_at=10.0)
+    b = LiveScenario("kernel+conntrackd", restart_at=5.0, failover_at=10.0)
+
+    def run(sc: LiveScenario, survived: int, rec: float | None) -> LiveResult:
+        r = LiveResult(sc, master_entries=10, held=10, agreeing=9, sessions=5, survived=survived)
+        r.seconds, r.data_packets, r.sync_bytes, r.outage_s = 2.0, 1000, 400, 0.5
+        if sc.restart_at is not None:
+            r.restart_before, r.recover_s = 1.0, rec
+            r.recovered = int(rec is not None)
+            r.recovery = [(0.0, 0.0), (1.0, 1.0)]
+        return r
+
+    runs = {a: [run(a, 5, None), run(a, 3, None)], b: [run(b, 5, 1.5), run(b, 4, None)]}
+    p = pooled(runs[b])
+    assert (p.sessions, p.survived, p.master_entries, p.agreeing) == (10, 9, 20, 18)
+    assert p.recover_s is None and p.recovered == 1 and p.runs == 2
+    study = LiveStudy(spec, [a, b], {sc: pooled(rs) for sc, rs in runs.items()}, 1.0, "", runs)
+    paths, why = write_live(study, tmp_path, command="pmct study x.toml")
+    text = (tmp_path / "summary.md").read_text()
+    assert "| concurrent | 0 % | — | — | 90.0 % (18/20) | 80.0 % (8/10) |" in text
+    assert "in 1 of 2 runs only" in text
+    assert len((tmp_path / "results.csv").read_text().splitlines()) == 1 + 4  # a row per run
+    if why is None:  # matplotlib present (scripts/install.sh --test installs it)
+        # no sync_cost.png: the only scenario without a restart has no sync
+        assert {"survival_agreement.png", "recovery.png"} <= {x.name for x in paths}
