@@ -79,7 +79,7 @@ from pmct.sync.events import (
     StreamReset,
 )
 from pmct.sync.modes import MODE_NAMES, make_mode
-from pmct.sync.pacer import Pacer, default_slack
+from pmct.sync.pacer import UNLIMITED, Pacer, default_slack
 from pmct.sync.records import delete_record, pack_conn
 from pmct.sync.seq import ReplayWindow, SeqClass, StreamRx
 from pmct.sync.table import SyncTable
@@ -233,6 +233,7 @@ class SyncConfig:
     initsync_rate: float = 0.0  # records per second; 0 = unthrottled
     initsync_burst: int = 0  # pacer slack above one packet (records); 0 = pacer.default_slack
     walk_burst_packets: int = 64  # walk packets per datagrams_to_send() call
+    walk_budget: int = 512  # walk records per value of ``now`` (one loop iteration); 0 = no cap
     walk_timeout: float = 30.0  # a walk with no packet (slave) / no ACK (master) for this long
     walk_window: int = 0  # walk packets a requester may leave unacknowledged; 0 = backlog // 2
     ack_every: int = 32  # a follower ACKs at least every this many stream packets ...
@@ -259,6 +260,8 @@ class SyncConfig:
             raise ConfigError("sync.backlog >= 2, reorder_limit / replay_window >= 1")
         if self.walk_window < 0 or self.walk_window > self.backlog or self.ack_every < 1:
             raise ConfigError("sync.walk_window: 0..backlog; sync.ack_every >= 1")
+        if self.walk_budget < 0:
+            raise ConfigError("sync.walk_budget: >= 0")
         if self.initsync_rate < 0 or self.initsync_burst < 0:
             raise ConfigError("sync.initsync_rate / initsync_burst: >= 0")
         if min(self.announce_interval, self.nack_interval, self.initsync_retry) <= 0:
@@ -394,6 +397,9 @@ class SyncProtocol:
         self._walk_window = config.walk_window or config.backlog // 2
         self._walk_counter = 0
         self._pacer = Pacer(config.initsync_rate, self._quantum + slack, now)
+        # the per-iteration budget (§12): walk records sent while ``now`` had this value
+        self._budget_now = -math.inf
+        self._budget_used = 0
         self._served: dict[int, int] = {}
         self._refresh_keys: list[bytes] = []
         self._refresh_pos = 0
@@ -970,7 +976,11 @@ class SyncProtocol:
                     due.append(min(self._walk_for.values()) + self.config.walk_timeout)
                 else:
                     remaining = max(1, w.total - w.sent)
-                    due.append(max(self._now, self._pacer.next_time(min(self._quantum, remaining))))
+                    t = max(self._now, self._pacer.next_time(min(self._quantum, remaining)))
+                    budget = self.config.walk_budget
+                    if budget and self._budget_used >= budget and t <= self._budget_now:
+                        t = math.nextafter(self._budget_now, math.inf)  # the next iteration
+                    due.append(t)
             if self._refresh_due is not None:
                 due.append(self._refresh_due)
         else:
@@ -1183,8 +1193,12 @@ class SyncProtocol:
         cap = self._cap
         keys = w.keys
         nkeys = len(keys)
+        budget = self.config.walk_budget or UNLIMITED
+        if now != self._budget_now:  # a new loop iteration: a fresh budget
+            self._budget_now = now
+            self._budget_used = 0
         for _ in range(self.config.walk_burst_packets):
-            if self._walk_blocked(now):
+            if self._budget_used >= budget or self._walk_blocked(now):
                 return
             remaining = w.total - w.sent
             allowance = pacer.available(now)
@@ -1229,6 +1243,7 @@ class SyncProtocol:
             if parts:
                 out.append(self._emit(_SYNC, b"".join(parts), now, FLAG_WALK))
                 pacer.consume(len(parts), now)
+                self._budget_used += len(parts)
                 w.sent += len(parts)
                 self.stats["tx_records"] += len(parts)
             if pos >= nkeys and w.exps is not None and not w.exps:
