@@ -976,11 +976,11 @@ class SyncProtocol:
                     due.append(min(self._walk_for.values()) + self.config.walk_timeout)
                 else:
                     remaining = max(1, w.total - w.sent)
-                    t = max(self._now, self._pacer.next_time(min(self._quantum, remaining)))
+                    walk_t = max(self._now, self._pacer.next_time(min(self._quantum, remaining)))
                     budget = self.config.walk_budget
-                    if budget and self._budget_used >= budget and t <= self._budget_now:
-                        t = math.nextafter(self._budget_now, math.inf)  # the next iteration
-                    due.append(t)
+                    if budget and self._budget_used >= budget and walk_t <= self._budget_now:
+                        walk_t = math.nextafter(self._budget_now, math.inf)  # next iteration
+                    due.append(walk_t)
             if self._refresh_due is not None:
                 due.append(self._refresh_due)
         else:
