@@ -69,7 +69,10 @@ from pmct.nat.rewrite import _fix16, _locate
 from pmct.nat.seqadj import get_seqadj, seq_adjust_tcp, seqadj_set
 
 __all__ = [
+    "DROP_MANGLE",
+    "DROP_PORTS",
     "EXTRA_KEY",
+    "FOLLOW_MASTER",
     "FtpNat",
     "Mangle",
     "disable_ftp_nat",
