@@ -54,6 +54,18 @@ MODULES = [
     "pmct/conntrack/proto/sctp.py",
     # the node's packet path around the engine (docs/performance.md, node section)
     "pmct/node/datapath.py",
+    "pmct/node/policy.py",  # Ruleset.decide: the active node's per-packet rule walk
+    # ct_sync's pure core: init sync encode/decode/merge (docs/performance.md, ct_sync section).
+    # Not table.py (tests subclass DictTable) nor sim.py (test tooling).
+    "pmct/sync/codec.py",
+    "pmct/sync/records.py",
+    "pmct/sync/merge.py",
+    "pmct/sync/seq.py",
+    "pmct/sync/backlog.py",
+    "pmct/sync/pacer.py",
+    "pmct/sync/modes.py",
+    "pmct/sync/events.py",
+    "pmct/sync/protocol.py",
 ]
 
 

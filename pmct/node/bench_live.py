@@ -141,13 +141,22 @@ def _iperf(lab: Lab, traffic: str, seconds: float) -> dict[str, Any]:
         return {"error": p.stderr.strip() or p.stdout.strip()[:200]}
 
 
-def run_one(mode: str, traffic: str, seconds: float, queue: dict[str, int | None]) -> Result:
+def run_one(
+    mode: str,
+    traffic: str,
+    seconds: float,
+    queue: dict[str, int | None],
+    nice: int | None = None,
+) -> Result:
     lab = Lab()
     try:
         lab.up()
         _offloads(lab, traffic != "tcp-nooff")
         _setup(lab, mode, queue)
         pids = {fw: lab.procs[fw].pid for fw in ("fw-a", "fw-b") if fw in lab.procs}
+        if nice is not None:  # what `Nice=` in the systemd unit does
+            for pid in pids.values():
+                os.setpriority(os.PRIO_PROCESS, pid, nice)
         st0 = {fw: lab.control(fw, "status") for fw in pids}
         cpu0 = {fw: _cpu(p) for fw, p in pids.items()}
         hub0 = lab.port_rx("lc") + lab.port_rx("ws")
@@ -209,6 +218,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=None, help="also write the results here")
     ap.add_argument("--max-len", type=int, default=None, help="pmct queue.max_len")
     ap.add_argument("--rcvbuf", type=int, default=None, help="pmct queue.rcvbuf")
+    ap.add_argument(
+        "--nice",
+        type=int,
+        default=None,
+        help="run the pmct daemons at this nice value (e.g. -10, as Nice= in the unit)",
+    )
     a = ap.parse_args(argv)
     if os.geteuid() != 0:
         print("bench_live: needs root (network namespaces)", file=sys.stderr)
@@ -222,7 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     print(head, flush=True)
     for traffic in a.traffic.split(","):
         for mode in a.modes.split(","):
-            r = run_one(mode, traffic, a.seconds, {"max_len": a.max_len, "rcvbuf": a.rcvbuf})
+            r = run_one(
+                mode, traffic, a.seconds, {"max_len": a.max_len, "rcvbuf": a.rcvbuf}, a.nice
+            )
             results.append(r)
 
             def f(v: Any, w: int) -> str:
