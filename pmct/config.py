@@ -1029,6 +1029,9 @@ mode = "concurrent"
 # "unicast" to the peer's address(es), or "multicast" to a group joined on interfaces.sync.
 transport = "unicast"
 # unicast: the peer's sync address (or a list); multicast: the group, e.g. "239.255.31.80".
+# IPv6 alike: "fe80::2" (link-local: always scoped to interfaces.sync; "fe80::2%sync0" too),
+# a ULA/global address, or a group such as "ff02::5c:3780" / "ff05::5c:3780". Sync datagrams
+# are sized to the sync interface's MTU (no IP fragments).
 address = ""
 port = 3780
 # Sent sync packets kept for retransmission; a loss older than that needs a new init sync.
