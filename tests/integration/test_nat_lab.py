@@ -84,9 +84,16 @@ def lab() -> Iterator[Lab]:
 
 
 def start(
-    lab: Lab, fw: str, role: str, *, sync: bool = False, strict: bool = True, **opts: Any
+    lab: Lab,
+    fw: str,
+    role: str,
+    *,
+    sync: str = "",
+    strict: bool = True,
+    **opts: Any,
 ) -> None:
-    extra = NAT_TOML + (sync_toml(fw) if sync else "")
+    """``pmct run`` with NAT (and ct_sync in mode ``sync`` when given) on ``fw``."""
+    extra = NAT_TOML + (sync_toml(fw, mode=sync) if sync else "")
     lab.start_node(
         fw, role=role, strict=strict, tcp_loose=False, fail="closed", extra=extra, **opts
     )
@@ -269,19 +276,21 @@ def test_port_forward_survives_failover(lab: Lab, backend: str) -> None:
 # ---------------------------------------------------------------------------- ct_sync
 
 
-def test_restarted_passive_gets_the_bindings_by_init_sync(lab: Lab) -> None:
+@pytest.mark.parametrize("mode", ["concurrent", "replicate"])
+def test_restarted_passive_gets_the_bindings_by_init_sync(lab: Lab, mode: str) -> None:
     """fw-b restarts under NATed traffic: it missed every handshake, so it can hold the
     bindings only from ct_sync's init sync (records carry the reply tuple); then fw-a dies
-    and fw-b carries the outbound sessions and the forward on."""
-    start(lab, "fw-a", "active", sync=True)
-    start(lab, "fw-b", "passive", sync=True)
+    and fw-b carries the outbound sessions and the forward on. In replicate mode fw-b does
+    not track the wire at all: every binding it holds came from fw-a's stream."""
+    start(lab, "fw-a", "active", sync=mode)
+    start(lab, "fw-b", "passive", sync=mode)
     sessions = Sessions(lab, 3)
     fwd = Inbound(lab)
     sessions.wait_more(20)
     fwd.wait_more(50)
     lab.stop("fw-b", signal.SIGTERM)  # its table is gone with the process
     sessions.wait_more(10)
-    start(lab, "fw-b", "passive", sync=True)  # returns once ready: init sync done
+    start(lab, "fw-b", "passive", sync=mode)  # returns once ready: init sync done
     table = wait_tables_agree(lab, "fw-a", "fw-b")
     assert_snat(table, sessions.ports)
     binding = fwd_entry(table)
