@@ -119,7 +119,7 @@ for mode, window in (("concurrent", False), ("replicate", True)):
                 m.local_update(c, now=now)
     print(mode, n, h.hexdigest())
     print(sorted(m.stats.items()), sorted(m.drops.items()))
-    print(sorted(s.stats.items()), sorted(s.drops.items()), s.sync_state)
+    print(sorted(s.stats.items()), sorted(s.drops.items()), s.sync_state.name)
     for c in sorted(st.conns(), key=lambda c: c.key):
         print(conn_to_record(c, now, window=window))
 """
