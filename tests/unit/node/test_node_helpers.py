@@ -9,6 +9,7 @@ real thing (curl, an FTP server, the pair, failover) is tests/integration/test_f
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from collections import deque
@@ -329,3 +330,52 @@ def test_concurrent_mode_sends_no_expect_records_but_the_walk_carries_them(
     assert p.b.process_ip(active_syn(50500), p.now)[0] == REL
     p.run(0.01)
     assert p.b.expect.events == []  # the standby's own expectation events are drained too
+
+
+# ---------------------------------------------------------------------------- the CLI
+
+
+def test_pmct_conntrack_L_expect_over_a_control_socket(tmp_path: Path) -> None:
+    """The CLI against a control socket served by a Daemon's handler (thread: the loop)."""
+    import threading
+
+    from typer.testing import CliRunner
+
+    from pmct.cli import app
+    from pmct.node.control import ControlServer
+
+    d = Daemon(parse_config("[helpers]\nftp = 21\n"))
+    ctl = Ctl(40600)
+    ctl.port(50600)
+    feed(d.engine, ctl.take(), time.monotonic())
+    sock = str(tmp_path / "control.sock")
+    srv = ControlServer(sock, d.handle, allowed_uid=os.getuid())
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.is_set():
+            srv.service(0.05)
+
+    t = threading.Thread(target=loop, daemon=True)
+    t.start()
+    try:
+        run = CliRunner().invoke
+        r = run(app, ["conntrack", "-L", "expect", "-s", sock])
+        assert r.exit_code == 0, r.output
+        [line, summary] = r.output.splitlines()  # CliRunner mixes stderr in
+        assert " dport=50600 " in line and line.endswith("helper=ftp")
+        assert summary == "pmct (pmct-conntrack): 1 expectations have been shown."
+        r = run(app, ["conntrack", "-L", "expect", "--json", "-s", sock])
+        assert r.exit_code == 0 and json.loads(r.output)[0]["tuple"][3] == 50600
+        r = run(app, ["conntrack", "-L", "-s", sock])  # the connections, as before
+        assert r.exit_code == 0 and "dport=21 " in r.output and "helper=ftp" in r.output
+        for args, msg in (
+            (["-L", "bogus"], "unknown table 'bogus'"),
+            (["-E", "expect"], "only -L lists the expect table"),
+        ):
+            r = run(app, ["conntrack", *args, "-s", sock])
+            assert r.exit_code == 2 and msg in r.output, r.output
+    finally:
+        stop.set()
+        t.join()
+        srv.close()
