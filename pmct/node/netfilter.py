@@ -10,6 +10,15 @@ What is installed (measurements.md §6 proved each piece on this kernel):
   the NFQUEUE rule would run (kernel: nf_reinject() continues at the next hook, not the next
   rule). Untracked packets keep the kernel's conntrack out of the decision.
   ``--queue-bypass`` = fail-open: with no daemon bound the kernel accepts instead of dropping.
+* raw chain PMCT_DEFRAG (ip and ip6), never jumped to, holding one ``-m socket`` rule: its
+  only purpose is that xt_socket's checkentry enables nf_defrag_ipv4/ipv6 in the namespace
+  (kernel: net/netfilter/xt_socket.c socket_mt_enable_defrag()), so the queue gets whole
+  datagrams, as nf_conntrack would see them, and the kernel refragments what it forwards.
+  ``CT --notrack`` does NOT do that (xt_CT.c xt_ct_tg_check() returns before
+  nf_ct_netns_get() for notrack), so without this chain every fragment reached the queue on
+  its own, the engine held it (ctstate "fragment") and the default policy dropped it:
+  measured in the lab, ``ping -s 3000`` through the pair failed. Without xt_socket (a
+  kernel without it) the chain is skipped with a warning and fragments stay the policy's.
 * filter INPUT and FORWARD, chain PMCT_REJECT: packets pmct marked "reject" are answered with a
   TCP RST or an ICMP port unreachable by the kernel's own REJECT target; NFQUEUE can only accept
   or drop, so the verdict is "accept with the reject mark bit".
@@ -49,6 +58,7 @@ log = logging.getLogger("pmct.netfilter")
 
 CHAIN_PRE = "PMCT"
 CHAIN_REJECT = "PMCT_REJECT"
+CHAIN_DEFRAG = "PMCT_DEFRAG"
 SILENCE_TABLE = "pmct_silence"
 CLUSTER_MAC_TABLE = "pmct_cmac_"
 
@@ -120,6 +130,15 @@ class QueueRules:
         base = [*ipt, "-t", "filter", "-A", CHAIN_REJECT, "-m", "mark", "--mark", mark]
         _run([*base, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"])
         _run([*base, "-j", "REJECT", "--reject-with", unreach])
+        _run([*ipt, "-t", "raw", "-N", CHAIN_DEFRAG])
+        if not _run(
+            [*ipt, "-t", "raw", "-A", CHAIN_DEFRAG, "-m", "socket", "-j", "RETURN"], check=False
+        ):
+            log.warning(
+                "%s: no xt_socket, kernel defrag stays off: fragments reach the policy "
+                'one by one (ctstate "fragment")',
+                tool,
+            )
         _run([*ipt, "-t", "raw", "-I", "PREROUTING", "1", "-j", CHAIN_PRE])
         for hook in ("INPUT", "FORWARD"):
             _run([*ipt, "-t", "filter", "-I", hook, "1", "-j", CHAIN_REJECT])
@@ -134,7 +153,11 @@ class QueueRules:
             for hook in ("INPUT", "FORWARD"):
                 while _run([*ipt, "-t", "filter", "-D", hook, "-j", CHAIN_REJECT], check=False):
                     pass
-            for table, chain in (("raw", CHAIN_PRE), ("filter", CHAIN_REJECT)):
+            for table, chain in (
+                ("raw", CHAIN_PRE),
+                ("raw", CHAIN_DEFRAG),
+                ("filter", CHAIN_REJECT),
+            ):
                 if _run([*ipt, "-t", table, "-F", chain], check=False):
                     _run([*ipt, "-t", table, "-X", chain], check=False)
 

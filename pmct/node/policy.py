@@ -64,9 +64,9 @@ class Action(IntEnum):
 ACTION_BY_NAME: Final = {"drop": Action.DROP, "accept": Action.ACCEPT, "reject": Action.REJECT}
 
 # Policy names of the engine's ctstates. "fragment" is a fragment the engine holds for
-# reassembly (CtState.HELD); it is only seen when kernel defrag is off (pmct's CT rules turn it
-# on, so in practice never). A datagram ip_rcv() would have discarded (CtState.DROPPED) counts
-# as "invalid".
+# reassembly (CtState.HELD); it is only seen when kernel defrag is off (netfilter.py turns it
+# on with its PMCT_DEFRAG chain, so only on a kernel without xt_socket). A datagram ip_rcv()
+# would have discarded (CtState.DROPPED) counts as "invalid".
 CTSTATE_BY_NAME: Final = {
     "invalid": (int(CtState.INVALID), int(CtState.DROPPED)),
     "new": (int(CtState.NEW),),
