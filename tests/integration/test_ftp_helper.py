@@ -457,7 +457,7 @@ def test_failover_in_the_middle_of_ftp_sessions(lab: Lab, how: str) -> None:
         return {e["tuple"][3] for e in lab.control("fw-b", "expect")["entries"]}
 
     want = {st["port"] for st in negotiated.values() if st["port"]}
-    assert len(want) == 2
+    assert len(want) == 2, negotiated
     wait_for("fw-b to know the expectations", lambda: want <= expected_ports(), 15)
     p = pmct("conntrack", "-L", "expect", "-s", lab.socket("fw-b"))
     assert p.returncode == 0, p.stderr
@@ -465,7 +465,8 @@ def test_failover_in_the_middle_of_ftp_sessions(lab: Lab, how: str) -> None:
     for port in want:
         assert f" dport={port} " in p.stdout and "helper=ftp" in p.stdout, p.stdout
     if how == "replicate":  # fw-b does not track the wire: they came as EXPECT records
-        assert lab.control("fw-b", "status")["sync"]["counters"]["apply_exp_stored"] >= 2
+        counters = lab.control("fw-b", "status")["sync"]["counters"]
+        assert counters["apply_exp_stored"] >= 2, counters
 
     # failover while the transfers run and before the data connections open
     progress = {t.tag: t.received() for t in transfers}
@@ -487,6 +488,6 @@ def test_failover_in_the_middle_of_ftp_sessions(lab: Lab, how: str) -> None:
     assert related(lab, "fw-b") >= rel_before + len(drivers)
     for t in transfers:
         data = t.finish()
-        assert len(data) > progress[t.tag]  # it went on after the failover ...
+        assert len(data) > progress[t.tag], t.tag  # it went on after the failover ...
         assert sha(data) == ftp.sha("big.bin"), t.tag  # ... byte for byte
     assert lab.control("fw-b", "status")["errors"]["callback"] == 0
