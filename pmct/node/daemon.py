@@ -10,10 +10,11 @@ What it does, in order (and undoes, in reverse, on exit or SIGTERM):
    (netfilter.py) — the queue exists before any packet is sent to it;
 5. control socket, state file, optional metrics port; tells systemd READY=1.
 
-Per packet (the hot path, ``_callback``): the engine classifies (``Engine.process_ip``), then
-an active node asks the policy and applies its verdict, a passive node drops. Everything the
-engine cannot parse (ctstate DROPPED) and every internal error gets the fail mode's verdict
-(open: accept, closed: drop) and is counted; the daemon never dies on input.
+Per packet (the hot path, datapath.py, compiled with mypyc): the engine classifies
+(``Engine.process_ip``), then an active node asks the policy and applies its verdict, a passive
+node drops. Everything the engine cannot parse (ctstate DROPPED) and every internal error gets
+the fail mode's verdict (open: accept, closed: drop) and is counted; the daemon never dies on
+input.
 
 ct_sync (``[sync]``, syncshell.py) runs in the same loop: its socket is in the select() set, its
 one timer bounds the select() timeout, and the packet path polls it every POLL seconds (a
