@@ -23,10 +23,17 @@ Phases, per N (printed, nothing asserted):
    for the duration of phase 2's walk plus a second; Mbit/s over the run and its slowest
    0.5 s interval.
 
-Also printed: the walk's duration and records/s as fw-b saw them (status), and fw-a's largest
-per-call sync service time if the daemon reports it.
+Also printed: the walk's duration and records/s (fw-b's log: walk began .. complete), and from
+fw-a's log the longest SyncShell.service() call (wall clock; the worker wraps it -- this process
+only) and, when pmct.sync is interpreted, the slowest core calls with their CPU time, plus any
+garbage collection over 10 ms. ``--walk-budget 0`` runs fw-a without the per-iteration budget
+(docs/protocol.md §12) for comparison.
 
-``python -m pmct.node.bench_sync_fwd run [--n 100000 1000000] [--seconds 3]``
+The machine's 2 vCPUs run fw-a, fw-b (applying the walk flat out), ping, iperf3 and whatever
+else is running: wall-clock latencies include time fw-a waits for a CPU. Compare the columns of
+one run, and runs with and without the budget at similar load (``uptime`` is printed).
+
+``python -m pmct.node.bench_sync_fwd run [--n 100000 1000000] [--seconds 3] [--walk-budget N]``
 """
 
 from __future__ import annotations
@@ -136,11 +143,14 @@ def _worker(a: argparse.Namespace) -> int:
         blog.info("service() calls > 2 ms: %d, max %.1f ms", len(slow), 1e3 * max(slow, default=0))
 
 
+RATE = [0.0]  # initsync_rate of both nodes (--rate)
+
+
 def _sync_toml(fw: str, n: int) -> str:
     peer = "fw-b" if fw == "fw-a" else "fw-a"
     return (
         f"\n[sync]\nenabled = true\nnode_id = {NODE_ID[fw]}\npeers = [{NODE_ID[peer]}]\n"
-        f'transport = "unicast"\naddress = "{SYNC_IP[peer]}"\n'
+        f'transport = "unicast"\naddress = "{SYNC_IP[peer]}"\ninitsync_rate = {RATE[0]}\n'
     )
 
 
@@ -288,9 +298,17 @@ def _one(n: int, seconds: float, walk_budget: int | None) -> dict[str, Any]:
         res["walk_mbit"], res["walk_min_mbit"] = out["r"]
         wait_for("fw-a alive", lambda: lab.alive("fw-a"), 1)
     finally:
+        lab.stop("fw-a", signal.SIGTERM)  # its last line: the longest service() call
         res["fw_a_log"] = [x for x in lab.log_text("fw-a").splitlines() if "bench" in x][-12:]
         lab.down()
     return res
+
+
+def _uptime() -> str:
+    try:
+        return "load average " + " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return ""
 
 
 def run(ns: list[int], seconds: float, walk_budget: int | None = None) -> list[dict[str, Any]]:
@@ -299,6 +317,10 @@ def run(ns: list[int], seconds: float, walk_budget: int | None = None) -> list[d
         f"{'N':>8} {'walk s':>7} {'rec/s':>8} | {'RTT ms idle p50/p99/max':>24} "
         f"{'lost':>4} | {'RTT ms walk p50/p99/max':>24} {'lost':>4} | "
         f"{'Mbit/s idle (min)':>17} | {'Mbit/s walk (min)':>17}"
+    )
+    print(
+        f"walk_budget: {'default' if walk_budget is None else walk_budget}; "
+        f"initsync_rate: {RATE[0] or 'unthrottled'}; {_uptime()}"
     )
     for n in ns:
         r = _one(n, seconds, walk_budget)
@@ -315,7 +337,8 @@ def run(ns: list[int], seconds: float, walk_budget: int | None = None) -> list[d
             flush=True,
         )
         for line in r["fw_a_log"]:
-            print("   fw-a:", line)
+            if "filled" not in line:
+                print("   fw-a:", line)
     return rows
 
 
@@ -330,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--n", type=int, nargs="+", default=[100_000, 1_000_000])
     b.add_argument("--seconds", type=float, default=3.0)
     b.add_argument("--json", default="")
+    b.add_argument("--rate", type=float, default=0.0, help="initsync_rate (0: unthrottled)")
     b.add_argument(
         "--walk-budget", type=int, default=None, help="override fw-a's walk_budget (0: no cap)"
     )
@@ -337,6 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "worker":
         return _worker(a)
     if a.cmd == "run":
+        RATE[0] = a.rate
         rows = run(a.n, a.seconds, a.walk_budget)
         if a.json:
             Path(a.json).write_text(json.dumps(rows))
