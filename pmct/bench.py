@@ -84,8 +84,7 @@ _IP = struct.Struct("!BBHHHBBH4s4s")
 _TCP = struct.Struct("!HHIIBBHHH")
 
 
-def _tcp4(src: bytes, dst: bytes, sport: int, dport: int, flags: int, seq: int,
-          ack: int) -> bytes:
+def _tcp4(src: bytes, dst: bytes, sport: int, dport: int, flags: int, seq: int, ack: int) -> bytes:
     return _IP.pack(0x45, 0, 40, 0, 0, 64, 6, 0, src, dst) + _TCP.pack(
         sport, dport, seq, ack, 0x50, flags, 65535, 0, 0
     )

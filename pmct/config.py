@@ -116,6 +116,9 @@ class ClusterConfig:
         return None
 
 
+DEFAULT_BACKEND: Final = "netlink"  # docs/performance.md: faster, large messages, GSO, NAT
+
+
 @dataclass(frozen=True, slots=True)
 class QueueConfig:
     num: int = 0
@@ -124,7 +127,7 @@ class QueueConfig:
     rcvbuf: int = 128 * 1024 * 1024
     gso: bool = False
     ipv6: bool = True
-    backend: str = "netfilterqueue"
+    backend: str = DEFAULT_BACKEND
 
     @property
     def fail_open(self) -> bool:
@@ -499,7 +502,7 @@ def _queue(ctx: _Ctx, d: Any) -> QueueConfig:
             kw[k] = _bool(ctx, d[k], f"queue.{k}")
     if "backend" in d:
         kw["backend"] = _str(ctx, d["backend"], "queue.backend", BACKENDS)
-    if kw.get("gso") and kw.get("backend") != "netlink":
+    if kw.get("gso") and kw.get("backend", DEFAULT_BACKEND) != "netlink":
         # netfilterqueue receives into a 4 KB buffer: a GSO super-packet would be cut short
         # and never get a verdict (nfqueue.py rule 2).
         raise ctx.error("queue.gso", 'needs backend = "netlink"')
@@ -915,10 +918,12 @@ gratuitous_arp = true
 # An interface without an entry keeps its own MAC and addresses.
 
 [queue]
-# How pmct talks to the queue: "netfilterqueue" (the C binding, one verdict per packet) or
-# "netlink" (pure Python on a raw netlink socket, one batch verdict per burst: faster, see
-# `python -m pmct.node.bench_live`).
-backend = "netfilterqueue"
+# How pmct talks to the queue: "netlink" (pmct's own reader on a raw netlink socket,
+# compiled: one batch verdict per burst, 64 KB messages, so reassembled datagrams, GSO and
+# NAT rewrites work) or "netfilterqueue" (the C binding: one verdict per packet, 4 KB
+# receive buffer, so datagrams over 3,840 bytes get the fail-mode verdict; no GSO). See
+# docs/performance.md and `python -m pmct.node.bench_live`.
+backend = "netlink"
 # NFQUEUE number (iptables --queue-num).
 num = 0
 # What happens when pmct cannot decide: "open" lets packets pass (iptables --queue-bypass

@@ -3,9 +3,10 @@
 Owns one resource: the netlink socket bound to one queue number. Two backends, chosen by
 ``queue.backend``, with the same shape (``fd``, ``drain()``, ``close()``):
 
-* ``Queue`` (``netfilterqueue``, the default): the C binding, one recv and one verdict per
-  packet; the daemon's callback gets netfilterqueue Packets.
-* ``NetlinkQueue`` (``netlink``): pure Python on a raw NETLINK_NETFILTER socket. It reads a
+* ``Queue`` (``netfilterqueue``): the C binding, one recv and one verdict per packet; the
+  daemon's callback gets netfilterqueue Packets.
+* ``NetlinkQueue`` (``netlink``, the default): pmct's own reader on a raw NETLINK_NETFILTER
+  socket (its drain loop is datapath.drain_netlink, compiled). It reads a
   burst of packets, asks the daemon's handler for each verdict, sends the exceptions (drops
   while forwarding, accepts while passive, anything with a mark or a rewritten payload) one
   by one and then ONE NFQNL_MSG_VERDICT_BATCH for the rest: the kernel applies a batch
@@ -83,8 +84,13 @@ SOL_NETLINK: Final = 270
 NETLINK_NO_ENOBUFS: Final = 5
 SO_RCVBUFFORCE: Final = 33
 
-# netfilterqueue: BufferSize 4096 - metadata.
-MAX_COPY_RANGE: Final = 4016
+# netfilterqueue: its 4096-byte receive buffer minus the metadata of the longest message.
+# 4016 fitted a full-sized message of a linear packet, but a packet longer than the range
+# also carries NFQA_CAP_LEN (and may carry a timestamp, VLAN, UID/GID, SKB_INFO): that
+# message was cut, never got a verdict and stayed in the queue for good (measured: a 8,000
+# byte reassembled echo left queue_total at 4). 3840 leaves 240 bytes for the attributes.
+# Such a packet reaches the engine truncated (total length > bytes): the fail mode decides.
+MAX_COPY_RANGE: Final = 3840
 # netlink backend: a whole IP datagram, GSO super-packets included.
 FULL_COPY_RANGE: Final = 0xFFFF
 

@@ -61,3 +61,26 @@ def test_fragmented_echoes_pass_and_both_nodes_track_them(lab: Lab) -> None:
         lab.sh("fw-a", [tool, "-w", "-t", "raw", "-F", "PMCT_DEFRAG"])
     assert not ping(lab, 8000, count=1)
     assert lab.control("fw-a", "status")["ctstates"]["frag"] > 0
+
+
+def queue_total(lab: Lab, fw: str) -> int:
+    """Packets the kernel holds for pmct now (/proc/net/netfilter/nfnetlink_queue field 3)."""
+    out = lab.sh(fw, ["cat", "/proc/net/netfilter/nfnetlink_queue"]).stdout.split()
+    return int(out[2])
+
+
+@pytest.mark.parametrize("fail", ["open", "closed"])
+def test_netfilterqueue_judges_what_fits_and_never_strands_a_bigger_datagram(
+    lab: Lab, fail: str
+) -> None:
+    """netfilterqueue copies at most MAX_COPY_RANGE bytes into its 4 KB buffer: a reassembled
+    datagram up to that size is tracked like any other; a bigger one arrives truncated and
+    gets the fail-mode verdict, counted as unparsed. Before the range was lowered, its message
+    did not fit the buffer, never got a verdict and stayed queued for good."""
+    lab.start_node("fw-a", role="active", fail=fail, **queue_opts("netfilterqueue"))
+    assert ping(lab, 3000)
+    assert lab.control("fw-a", "status")["errors"]["unparsed"] == 0
+    assert ping(lab, 8000, count=1) is (fail == "open")
+    st = lab.control("fw-a", "status")
+    assert st["errors"]["unparsed"] >= 1
+    assert queue_total(lab, "fw-a") == 0  # every queued packet got its verdict

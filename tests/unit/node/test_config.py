@@ -87,7 +87,8 @@ def test_partial_file_keeps_other_defaults() -> None:
 def test_netlink_backend_with_gso() -> None:
     cfg = parse_config('[queue]\nbackend = "netlink"\ngso = true\n')
     assert (cfg.queue.backend, cfg.queue.gso) == ("netlink", True)
-    assert load_config().queue.backend == "netfilterqueue"
+    assert load_config().queue.backend == "netlink"  # the default: GSO needs nothing else
+    assert parse_config("[queue]\ngso = true\n").queue.gso
 
 
 def test_rule_fields() -> None:
@@ -138,7 +139,10 @@ def error_of(text: str) -> str:
         ("[queue]\nnum = 70000\n", "queue.num: must be between 0 and 65535, not 70000"),
         ("[queue]\nfail = 'maybe'\n", "t.toml:2: queue.fail: must be one of 'open', 'closed'"),
         ("[queue]\ngso = 1\n", "t.toml:2: queue.gso: must be true or false, not an integer"),
-        ("[queue]\ngso = true\n", 't.toml:2: queue.gso: needs backend = "netlink"'),
+        (
+            '[queue]\nbackend = "netfilterqueue"\ngso = true\n',
+            't.toml:3: queue.gso: needs backend = "netlink"',
+        ),
         ("[queue]\nbackend = 'nfq'\n", "t.toml:2: queue.backend: must be one of"),
         ("[node]\nrun_dir = 'run'\n", "node.run_dir: must be an absolute path"),
         ("[interfaces]\ndata = 'lan0'\n", "t.toml:2: interfaces.data: must be an array"),
