@@ -29,7 +29,10 @@ Strategies (each scenario runs in a fresh lab):
   entries with window tracking off (its default, TCPWindowTracking no).
 
 Faults: the standby misses a share p of the packets on its data links (nftables netdev
-ingress ``numgen random`` drop, before NFQUEUE; removed when it takes over); the standby
+ingress drop, before NFQUEUE; removed when it takes over): ``random`` is a ``numgen random``
+drop (each packet on its own), ``bursty`` drops every packet during bursts of ``burst_ms`` on
+average that start at random (live_bursts.py: a toggler in fw-b's namespace flips an nft set;
+seeded from the study seed and the run); nft counters give the share really missed. The standby
 restarts at ``restart_at`` (pmct daemon or conntrackd stopped, down ``restart_downtime``,
 started again; conntrackd then runs ``-n``, the script's "backup" resync request); the sync
 link loses a share q of the sync datagrams in each direction (numgen drop on sync0 ingress:
@@ -92,6 +95,8 @@ from pmct.lab.topology import (
     Lab,
     LabError,
 )
+from pmct.study.faults import derive_seed
+from pmct.study.live_bursts import bursty_miss_table, read_counters
 from pmct.study.live_spec import LiveSpec
 from pmct.study.runner import Progress
 from pmct.study.spec import StudySpec
@@ -154,6 +159,7 @@ class LiveScenario:
     sync_loss: float = 0.0  # q
     restart_at: float | None = None
     failover_at: float = 10.0
+    miss_model: str = "random"  # "random" (nft numgen) or "bursty" (live_bursts.py)
 
     def canonical(self) -> LiveScenario:
         """Faults the strategy cannot feel set to neutral (as Scenario.canonical)."""
@@ -164,13 +170,16 @@ class LiveScenario:
             s = replace(s, sync_loss=0.0)  # no sync
         if s.strategy == "none":
             s = replace(s, restart_at=None)  # nothing runs to restart
+        if s.miss_rate == 0:
+            s = replace(s, miss_model="random")  # no misses: the model does not matter
         return s
 
     @property
     def label(self) -> str:
         r = "never" if self.restart_at is None else f"{self.restart_at:g}"
+        m = " bursty" if self.miss_model == "bursty" else ""
         return (
-            f"{self.strategy} p={self.miss_rate:g} q={self.sync_loss:g} restart={r} "
+            f"{self.strategy} p={self.miss_rate:g}{m} q={self.sync_loss:g} restart={r} "
             f"failover={self.failover_at:g}"
         )
 
@@ -183,8 +192,10 @@ def live_scenarios(spec: StudySpec) -> list[LiveScenario]:
         for restart in f.restart_at:
             for q in f.sync_loss:
                 for p in f.miss_rate:
-                    for t in f.failover_at:
-                        out.append(LiveScenario(strategy, p, q, restart, t).canonical())
+                    for model in f.miss_model:
+                        for t in f.failover_at:
+                            sc = LiveScenario(strategy, p, q, restart, t, model)
+                            out.append(sc.canonical())
     return list(dict.fromkeys(out))
 
 
@@ -216,6 +227,14 @@ class LiveResult:
     diag: list[str] = field(default_factory=list)  # the standby's own word, before and after
     runs: int = 1  # > 1: pooled over that many runs (pooled())
     recovered: int = 0  # runs whose agreement recovered after the restart
+    miss_seen: int = 0  # packets on the standby's data ingress while the miss rule was there
+    miss_dropped: int = 0  # ... of them dropped by it (nft counters)
+    bursts: int = 0  # bursty: bursts the toggler ran
+    burst_s: float = 0.0  # ... their total length
+
+    @property
+    def miss_measured(self) -> float | None:
+        return self.miss_dropped / self.miss_seen if self.miss_seen else None
 
     @property
     def agreement(self) -> float:
@@ -241,7 +260,8 @@ def pooled(runs: list[LiveResult]) -> LiveResult:
     out = LiveResult(runs[0].scenario, runs=len(runs))
     for name in ("master_entries", "held", "agreeing", "sessions", "survived", "failed",
                  "ping_lost", "data_packets", "sync_bytes", "sync_frames", "seconds",
-                 "cpu_master_s", "cpu_standby_s"):  # fmt: skip
+                 "cpu_master_s", "cpu_standby_s", "miss_seen", "miss_dropped", "bursts",
+                 "burst_s"):  # fmt: skip
         setattr(out, name, sum(getattr(r, name) for r in runs))
     outages = [r.outage_s for r in runs if r.outage_s is not None]
     out.outage_s = statistics.median(outages) if outages else None
@@ -327,10 +347,43 @@ def _miss_rule(p: float) -> str:
     n = round(p * 1_000_000)
     chains = "".join(
         f'chain in_{d} {{ type filter hook ingress device "{d}" priority -500; '
-        f"numgen random mod 1000000 < {n} counter drop; }}\n"
+        f'counter name "seen"; numgen random mod 1000000 < {n} counter name "missed" drop; }}\n'
         for d in ("lan0", "wan0")
     )
-    return f"table netdev {MISS_TABLE} {{\n{chains}}}\n"
+    return f"table netdev {MISS_TABLE} {{\ncounter seen {{ }}\ncounter missed {{ }}\n{chains}}}\n"
+
+
+def _start_misses(lab: Lab, spec: StudySpec, live: LiveSpec, sc: LiveScenario, run: int) -> None:
+    """The standby's miss rule; bursty: plus the toggler that makes the bursts."""
+    if sc.miss_model != "bursty":
+        _nft(lab, "fw-b", _miss_rule(sc.miss_rate))
+        return
+    _nft(lab, "fw-b", bursty_miss_table(MISS_TABLE))
+    seed = derive_seed(spec.seed, "live-miss", sc.miss_rate, run)
+    lab.start("bursts", "fw-b", [
+        sys.executable, "-m", "pmct.study.live_bursts", "--table", MISS_TABLE,
+        "--p", f"{sc.miss_rate!r}", "--mean-ms", f"{live.burst_ms!r}", "--seed", str(seed),
+        "--duration", f"{sc.failover_at + 5.0:g}",
+    ])  # fmt: skip
+
+
+def _stop_misses(lab: Lab, sc: LiveScenario, res: LiveResult) -> None:
+    """Just before the failover: the toggler stopped by pid (it empties the set on SIGTERM:
+    no burst runs into the take-over), the counters read. The table itself goes after the
+    master's death (_run), as before, so the take-over time does not include these reads."""
+    if sc.miss_model == "bursty":
+        lab.stop("bursts")
+        for line in lab.log_text("bursts").splitlines():
+            f = line.split()
+            if len(f) >= 3 and f[0] == "burst" and "failed" not in f:
+                res.bursts += 1
+                res.burst_s += float(f[2]) - float(f[1])
+        res.burst_s = round(res.burst_s, 4)
+    out = lab.sh("fw-b", ["nft", "-j", "list", "counters", "table", "netdev", MISS_TABLE],
+                 check=False).stdout  # fmt: skip
+    with contextlib.suppress(ValueError):
+        c = read_counters(out)
+        res.miss_seen, res.miss_dropped = c.get("seen", 0), c.get("missed", 0)
 
 
 def _loss_rule(q: float, port: int) -> str:
@@ -812,7 +865,12 @@ def _lab(prefix: str | None) -> Iterator[Lab]:
 
 
 def run_scenario(
-    spec: StudySpec, sc: LiveScenario, *, prefix: str | None = None, log: TextIO | None = None
+    spec: StudySpec,
+    sc: LiveScenario,
+    *,
+    prefix: str | None = None,
+    log: TextIO | None = None,
+    run: int = 0,
 ) -> LiveResult:
     """Build a lab, run one scenario in it, take it down; the measurements."""
     live = spec.live or LiveSpec()
@@ -820,7 +878,7 @@ def run_scenario(
     work = tempfile.mkdtemp(prefix="pmct-live-")
     try:
         with _lab(prefix) as lab:
-            _run(lab, spec, live, sc, res, work, log)
+            _run(lab, spec, live, sc, res, work, log, run)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return res
@@ -840,12 +898,13 @@ def _run(
     res: LiveResult,
     work: str,
     log: TextIO | None,
+    run: int = 0,
 ) -> None:
     pair: _Pair = ConntrackdPair(lab, sc, live) if sc.strategy == "kernel+conntrackd" else (
         PmctPair(lab, sc, live))  # fmt: skip
     pair.start()
     if sc.miss_rate > 0:
-        _nft(lab, "fw-b", _miss_rule(sc.miss_rate))
+        _start_misses(lab, spec, live, sc, run)
     if sc.sync_loss > 0:
         for fw in ("fw-a", "fw-b"):
             _nft(lab, fw, _loss_rule(sc.sync_loss, pair.sync_port()))
@@ -901,6 +960,8 @@ def _run(
         bytes0 = traffic.curl_bytes()
         failed0 = traffic.curl_failed()
         res.diag.append(pair.diagnose("before"))
+        if sc.miss_rate > 0:
+            _stop_misses(lab, sc, res)
         t_fail, wall_fail = time.monotonic(), time.time()
         pair.kill_master()
         if sc.miss_rate > 0:
@@ -975,9 +1036,9 @@ def run_live(spec: StudySpec, *, progress: bool = True, stream: TextIO | None = 
     for k in range(live.repeat):
         for sc in todo:
             try:
-                res = run_scenario(spec, sc)
+                res = run_scenario(spec, sc, run=k)
             except LabError as e:  # one retry: a lab step can time out on a loaded machine
-                res = run_scenario(spec, sc)
+                res = run_scenario(spec, sc, run=k)
                 res.notes.append(f"second attempt (the first failed: {str(e)[:120]})")
             runs[sc].append(res)
             if bar is not None:

@@ -22,7 +22,8 @@ COLUMNS = (
     "survival", "outage_s", "ping_lost", "takeover_s", "measured_s", "data_packets",
     "packets_per_s", "sync_bytes_per_s", "sync_frames_per_s", "resync_bytes",
     "cpu_master_us_per_pkt", "cpu_standby_us_per_pkt", "restart_before", "recover_s", "notes",
-    "lost_sessions", "mismatch_sample", "standby_diag",
+    "lost_sessions", "mismatch_sample", "standby_diag", "miss_model", "miss_seen",
+    "miss_dropped", "miss_measured", "bursts", "burst_s",
 )  # fmt: skip
 
 _COLORS = {
@@ -80,6 +81,12 @@ def _row(sc: LiveScenario, r: LiveResult, run: int) -> dict[str, Any]:
             "lost_sessions": "; ".join(r.lost),
             "mismatch_sample": "; ".join(r.mismatches),
             "standby_diag": "; ".join(d for d in r.diag if d),
+            "miss_model": sc.miss_model,
+            "miss_seen": r.miss_seen,
+            "miss_dropped": r.miss_dropped,
+            "miss_measured": _opt(r.miss_measured, 4),
+            "bursts": r.bursts,
+            "burst_s": r.burst_s,
     }  # fmt: skip
 
 
@@ -91,8 +98,13 @@ def _p(x: float) -> str:
     return f"{100 * x:g} %"
 
 
-def _fault_p(sc: LiveScenario) -> str:
-    return "—" if sc.strategy in ("none", "replicate", "kernel+conntrackd") else _p(sc.miss_rate)
+def _fault_p(sc: LiveScenario, r: LiveResult | None = None) -> str:
+    """p, its model when bursty, and the share the nft counters saw dropped."""
+    if sc.strategy in ("none", "replicate", "kernel+conntrackd"):
+        return "—"
+    out = _p(sc.miss_rate) + (" bursty" if sc.miss_model == "bursty" else "")
+    m = None if r is None else r.miss_measured
+    return out if m is None else f"{out} ({100 * m:.1f} % measured)"
 
 
 def _fault_q(sc: LiveScenario) -> str:
@@ -135,7 +147,7 @@ def live_summary(study: LiveStudy, *, command: str = "") -> str:
         restart = "—" if sc.restart_at is None else f"at {sc.restart_at:g} s"
         outage = "—" if r.outage_s is None else f"{r.outage_s:.2f} s"
         lines.append(
-            f"| {sc.strategy} | {_fault_p(sc)} | {_fault_q(sc)} | {restart} | "
+            f"| {sc.strategy} | {_fault_p(sc, r)} | {_fault_q(sc)} | {restart} | "
             f"{_pct(r.agreement)} ({r.agreeing}/{r.master_entries}) | "
             f"{_pct(r.survival)} ({r.survived}/{r.sessions}) | {outage} | "
             f"{r.per_s(r.sync_bytes):.0f} | {r.per_s(r.sync_frames):.1f} | "
@@ -189,7 +201,7 @@ def live_plots(study: LiveStudy, out: Path) -> list[Path]:
     def name(sc: LiveScenario) -> str:
         parts = [sc.strategy]
         if _fault_p(sc) != "—":
-            parts.append(f"p={_p(sc.miss_rate)}")
+            parts.append(f"p={_p(sc.miss_rate)}" + (" b" if sc.miss_model == "bursty" else ""))
         if _fault_q(sc) != "—":
             parts.append(f"q={_p(sc.sync_loss)}")
         return "\n".join(parts)

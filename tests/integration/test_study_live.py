@@ -78,3 +78,27 @@ def test_small_live_study(tmp_path: Path) -> None:
     assert rows["none"]["survival"] == "0.0" and rows["kernel+conntrackd"]["survival"] == "1.0"
     assert "| kernel+conntrackd |" in (tmp_path / "summary.md").read_text()
     assert study.scenarios[0] == LiveScenario("none", failover_at=4.0)
+
+
+def test_bursty_misses_live() -> None:
+    """The live bursty miss model: a toggler in fw-b's namespace drops every data packet
+    during bursts (an nft set flipped through libnftables). The nft counters see the
+    packets dropped, the toggler ran bursts, and the standby, blind during them, still
+    holds the master's entries it saw (no assertion on how many: that is the study)."""
+    spec = parse_study(
+        {
+            **SPEC,
+            "study": {"name": "live-bursty-test", "level": "live", "seed": 3,
+                      "strategies": ["concurrent"]},
+            "live": {**SPEC["live"], "burst_ms": 50.0},
+            "faults": {"failover_at": [4.0], "miss_rate": [0.2], "miss_model": ["bursty"]},
+        }
+    )  # fmt: skip
+    [sc] = live_scenarios(spec)
+    assert (sc.miss_rate, sc.miss_model) == (0.2, "bursty")
+    study = run_live(spec, progress=False)
+    r = study.results[sc]
+    assert r.bursts > 0 and r.burst_s > 0, r  # the toggler ran its schedule
+    assert r.miss_seen > 0 and r.miss_dropped > 0, r  # packets were dropped in the bursts
+    assert r.miss_measured is not None and 0 < r.miss_measured < 1
+    assert r.sessions == 5 and r.master_entries >= 5, r

@@ -47,7 +47,8 @@ def test_kernel_conntrackd_is_a_live_strategy_only() -> None:
     ("over", "msg"),
     [
         ({"live__flowz": 1}, "unknown key"),
-        ({"faults__miss_model": ["bursty"]}, 'only "random"'),
+        ({"live__burst_ms": 0.5}, "burst_ms"),
+        ({"faults__sync_loss_model": "bursty"}, 'only "random"'),
         ({"faults__failover_at": [2.0]}, "warm-up"),
         ({"faults__restart_at": [9.5]}, "must be back"),
         ({"live__flows": 0, "live__iperf_mbit": 0.0}, "no TCP session"),
@@ -66,6 +67,20 @@ def test_the_committed_live_study_parses() -> None:
     # faults a strategy cannot feel are folded away
     assert all(sc.miss_rate == 0 for sc in scs if sc.strategy in ("replicate", "none"))
     assert [sc for sc in scs if sc.strategy == "none"] == [LiveScenario("none", failover_at=14.0)]
+
+
+def test_bursty_misses_are_a_live_scenario_dimension() -> None:
+    spec = parse_study(
+        live(faults__miss_rate=[0.0, 0.05], faults__miss_model=["random", "bursty"],
+             live__burst_ms=40.0)
+    )  # fmt: skip
+    assert spec.live is not None and spec.live.burst_ms == 40.0
+    scs = [sc for sc in live_scenarios(spec) if sc.strategy == "concurrent"]
+    # p = 0 folds the model away: three scenarios, not four
+    assert [(sc.miss_rate, sc.miss_model) for sc in scs] == [
+        (0.0, "random"), (0.05, "random"), (0.05, "bursty")
+    ]  # fmt: skip
+    assert "p=0.05 bursty" in scs[2].label
 
 
 def test_canonical() -> None:
