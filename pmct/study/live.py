@@ -379,6 +379,9 @@ def _stop_misses(lab: Lab, sc: LiveScenario, res: LiveResult) -> None:
                 res.bursts += 1
                 res.burst_s += float(f[2]) - float(f[1])
         res.burst_s = round(res.burst_s, 4)
+        failed = lab.log_text("bursts").count(" failed")
+        if failed or res.bursts == 0:
+            res.notes.append(f"bursty: {res.bursts} bursts ran, {failed} toggles failed")
     out = lab.sh("fw-b", ["nft", "-j", "list", "counters", "table", "netdev", MISS_TABLE],
                  check=False).stdout  # fmt: skip
     with contextlib.suppress(ValueError):
