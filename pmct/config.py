@@ -171,6 +171,7 @@ class SyncNodeConfig:
     port: int = 3780
     backlog: int = 1024
     initsync_rate: float = 0.0  # connections per second; 0 = unthrottled
+    tcp_window_tracking: bool = True  # False: synced entries without a window are liberal
     hmac_key_file: str = ""
 
 
@@ -735,6 +736,8 @@ def _sync(ctx: _Ctx, d: Any, interfaces: InterfacesConfig) -> SyncNodeConfig:
         kw["backlog"] = _int(ctx, d["backlog"], "sync.backlog", 2, 1 << 20)
     if "initsync_rate" in d:
         kw["initsync_rate"] = _num(ctx, d["initsync_rate"], "sync.initsync_rate")
+    if "tcp_window_tracking" in d:
+        kw["tcp_window_tracking"] = _bool(ctx, d["tcp_window_tracking"], "sync.tcp_window_tracking")
     if "hmac_key_file" in d:
         kw["hmac_key_file"] = _str(ctx, d["hmac_key_file"], "sync.hmac_key_file")
         if kw["hmac_key_file"] and not kw["hmac_key_file"].startswith("/"):
@@ -1044,6 +1047,11 @@ backlog = 1024
 # Init sync pace in connections per second (0: as fast as the receiver acknowledges).
 # While its init sync runs a node is "not ready" (pmct status --ready exits 1).
 initsync_rate = 0
+# TCP window tracking of entries that arrive by sync without window data (as in conntrackd's
+# TCPWindowTracking). true: the window is re-learnt from the next segments, as the kernel does
+# for entries injected over ctnetlink; data in flight at a failover can then be judged out of
+# window. false: such entries get the "be liberal" flag both ways (conntrackd's default).
+tcp_window_tracking = true
 # HMAC-SHA256 over every sync packet with a key shared by all nodes: a root-only file holding
 # at least 16 bytes (surrounding whitespace is ignored). "" = no authentication.
 hmac_key_file = ""

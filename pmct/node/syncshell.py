@@ -127,6 +127,7 @@ def sync_config(
         backlog=cfg.backlog,
         reorder_limit=cfg.backlog,
         initsync_rate=cfg.initsync_rate,
+        liberal_without_window=not cfg.tcp_window_tracking,
     )
 
 

@@ -80,9 +80,12 @@ from pmct.sync.events import (
 )
 from pmct.sync.modes import MODE_NAMES, make_mode
 from pmct.sync.pacer import UNLIMITED, Pacer, default_slack
-from pmct.sync.records import delete_record, pack_conn
+from pmct.sync.records import delete_record, has_window, pack_conn
 from pmct.sync.seq import ReplayWindow, SeqClass, StreamRx
 from pmct.sync.table import SyncTable
+
+IPPROTO_TCP: Final = 6
+_BE_LIBERAL: Final = 0x08  # IP_CT_TCP_FLAG_BE_LIBERAL (conntrack/proto/tcp.py)
 
 __all__ = [
     "DROP_REASONS",
@@ -239,6 +242,13 @@ class SyncConfig:
     ack_every: int = 32  # a follower ACKs at least every this many stream packets ...
     ack_delay: float = 0.02  # ... or this long after progress
     send_window: bool = False
+    # A TCP entry a record leaves without window data (td_maxwin 0 both ways: the record had
+    # no window section and there was no local window to keep) gets IP_CT_TCP_FLAG_BE_LIBERAL
+    # in both directions, as conntrackd injects entries with its default TCPWindowTracking
+    # Off. Off (the default) = the kernel's rule for ctnetlink-injected entries: re-seed the
+    # window from the next segments, which can judge data in flight at a failover "ACK/SEQ is
+    # over upper bound" (docs/protocol.md §10).
+    liberal_without_window: bool = False
     replay_window: int = 64
     refresh_interval: float = 1.0  # replicate: rolling refresh scan period
     refresh_batch: int = 10000  # replicate: entries looked at per scan step
@@ -266,6 +276,13 @@ class SyncConfig:
             raise ConfigError("sync.initsync_rate / initsync_burst: >= 0")
         if min(self.announce_interval, self.nack_interval, self.initsync_retry) <= 0:
             raise ConfigError("sync intervals must be > 0")
+
+
+def _liberal_if_windowless(conn: Conn | None) -> None:
+    """SyncConfig.liberal_without_window: BE_LIBERAL both ways on an entry with no window."""
+    if conn is not None and not has_window(conn):
+        conn.tflags0 |= _BE_LIBERAL
+        conn.tflags1 |= _BE_LIBERAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -782,11 +799,14 @@ class SyncProtocol:
         purge = self._purge
         apply_update = mode.apply_update
         tally: dict[str, int] = {}
+        liberal = self.config.liberal_without_window
         for rec in records:
             if type(rec) is CtRecord:
                 outcome = apply_update(table, rec, base, now)
                 if purge is not None:
                     purge.discard(rec.key)
+                if liberal and rec.proto == IPPROTO_TCP and rec.window is None:
+                    _liberal_if_windowless(table.get(rec.key, now))
             elif type(rec) is CtDelete:
                 outcome = mode.apply_delete(table, rec, now)
                 if purge is not None:
