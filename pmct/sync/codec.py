@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import ClassVar, Final
@@ -604,7 +604,10 @@ def _decode_ct_update(data: bytes, off: int, end: int, flags: int) -> CtRecord:
     return rec
 
 
-def _decode_ext(data: bytes, off: int, end: int, rec: CtRecord) -> None:
+def _tlvs(data: bytes, off: int, end: int) -> Iterator[tuple[int, bytes]]:
+    """The extension area's TLVs in order, each checked as it is consumed (so a record's
+    first error is the one reported): never empty, no truncated head, no value past the
+    record, no type twice, no type 0. Unknown types are the caller's to skip."""
     seen: set[int] = set()
     if off >= end:
         raise _bad("ext: empty extension area")
@@ -620,6 +623,14 @@ def _decode_ext(data: bytes, off: int, end: int, rec: CtRecord) -> None:
         if t in seen:
             raise _bad(f"ext: TLV {t} repeated")
         seen.add(t)
+        if t == 0:
+            raise _bad("ext: TLV type 0")
+        yield t, value
+
+
+def _decode_ext(data: bytes, off: int, end: int, rec: CtRecord) -> None:
+    for t, value in _tlvs(data, off, end):
+        n = len(value)
         if t == Ext.HELPER:
             if not (1 <= n <= MAX_HELPER_NAME and _helper_name_ok(value)):
                 raise _bad("ext: bad helper name")
@@ -643,8 +654,6 @@ def _decode_ext(data: bytes, off: int, end: int, rec: CtRecord) -> None:
             if n != _SEQADJ.size:
                 raise _bad("ext: bad SEQADJ length")
             rec.seqadj = _SEQADJ.unpack(value)
-        elif t == 0:
-            raise _bad("ext: TLV type 0")
         # any other type: unknown to version 1, skipped (forward compatibility)
 
 
@@ -759,22 +768,9 @@ def _decode_exp_update(data: bytes, off: int, end: int, flags: int) -> ExpRecord
 def _decode_exp_ext(data: bytes, off: int, end: int) -> tuple[int, int, str] | None:
     """The TLVs of an EXP_UPDATE: EXP_NAT is known, others are skipped (same rules as
     _decode_ext)."""
-    seen: set[int] = set()
     nat = None
-    if off >= end:
-        raise _bad("ext: empty extension area")
-    while off < end:
-        if off + 2 > end:
-            raise _bad("ext: truncated TLV head")
-        t, n = data[off], data[off + 1]
-        off += 2
-        if off + n > end:
-            raise _bad("ext: TLV runs past the record")
-        value = data[off : off + n]
-        off += n
-        if t in seen:
-            raise _bad(f"ext: TLV {t} repeated")
-        seen.add(t)
+    for t, value in _tlvs(data, off, end):
+        n = len(value)
         if t == Ext.EXP_NAT:
             fname = value[_EXP_NAT.size :]
             if n <= _EXP_NAT.size or len(fname) > MAX_EXPECTFN_NAME or not _helper_name_ok(fname):
@@ -783,8 +779,6 @@ def _decode_exp_ext(data: bytes, off: int, end: int) -> tuple[int, int, str] | N
             if d > 1:
                 raise _bad("ext: bad EXP_NAT direction")
             nat = (d, port, fname.decode("ascii"))
-        elif t == 0:
-            raise _bad("ext: TLV type 0")
     return nat
 
 
