@@ -258,34 +258,21 @@ def verdict_message(
     nfnetlink_queue.c nfqnl_recv_verdict() -> nfqnl_mangle()). ``qbe``: the queue number in
     network order (nfgenmsg.res_id)."""
     mtype = NFQNL_MSG_VERDICT_BATCH_TYPE if batch else NFQNL_MSG_VERDICT_TYPE
-    if payload is None:
-        if mark < 0:
-            return bytes(
-                _VERDICT.pack(
-                    32, mtype, 1, 0, 0, 0, 0, qbe, 12, NFQA_VERDICT_HDR,
-                    socket.htonl(verdict), socket.htonl(pkt_id),
-                )
-            )  # fmt: skip
-        return bytes(
-            _VERDICT_MARK.pack(
-                40, mtype, 1, 0, 0, 0, 0, qbe, 12, NFQA_VERDICT_HDR,
-                socket.htonl(verdict), socket.htonl(pkt_id), 8, NFQA_MARK, socket.htonl(mark),
-            )
-        )  # fmt: skip
-    n = 4 + len(payload)
-    tail = bytes(_ATTR.pack(n, NFQA_PAYLOAD)) + payload + b"\0" * (-n % 4)
-    size = (40 if mark >= 0 else 32) + len(tail)
+    tail = b""
+    if payload is not None:
+        n = 4 + len(payload)
+        tail = _ATTR.pack(n, NFQA_PAYLOAD) + payload + b"\0" * (-n % 4)
     if mark < 0:
         head = _VERDICT.pack(
-            size, mtype, 1, 0, 0, 0, 0, qbe, 12, NFQA_VERDICT_HDR,
+            32 + len(tail), mtype, 1, 0, 0, 0, 0, qbe, 12, NFQA_VERDICT_HDR,
             socket.htonl(verdict), socket.htonl(pkt_id),
         )  # fmt: skip
     else:
         head = _VERDICT_MARK.pack(
-            size, mtype, 1, 0, 0, 0, 0, qbe, 12, NFQA_VERDICT_HDR,
+            40 + len(tail), mtype, 1, 0, 0, 0, 0, qbe, 12, NFQA_VERDICT_HDR,
             socket.htonl(verdict), socket.htonl(pkt_id), 8, NFQA_MARK, socket.htonl(mark),
         )  # fmt: skip
-    return bytes(head) + tail
+    return head + tail if tail else head
 
 
 class DrainStats:
