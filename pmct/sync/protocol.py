@@ -37,6 +37,8 @@ from typing import Final
 
 from pmct.conntrack.conn import Conn
 from pmct.conntrack.constants import Status
+from pmct.conntrack.keys import IPPROTO_TCP
+from pmct.conntrack.proto.tcp import IP_CT_TCP_FLAG_BE_LIBERAL
 from pmct.errors import ConfigError, MalformedMessage
 from pmct.serial import MASK32, after, before
 from pmct.sync.backlog import Backlog
@@ -83,9 +85,6 @@ from pmct.sync.pacer import UNLIMITED, Pacer, default_slack
 from pmct.sync.records import delete_record, has_window, pack_conn
 from pmct.sync.seq import ReplayWindow, SeqClass, StreamRx
 from pmct.sync.table import SyncTable
-
-IPPROTO_TCP: Final = 6
-_BE_LIBERAL: Final = 0x08  # IP_CT_TCP_FLAG_BE_LIBERAL (conntrack/proto/tcp.py)
 
 __all__ = [
     "DROP_REASONS",
@@ -281,8 +280,8 @@ class SyncConfig:
 def _liberal_if_windowless(conn: Conn | None) -> None:
     """SyncConfig.liberal_without_window: BE_LIBERAL both ways on an entry with no window."""
     if conn is not None and not has_window(conn):
-        conn.tflags0 |= _BE_LIBERAL
-        conn.tflags1 |= _BE_LIBERAL
+        conn.tflags0 |= IP_CT_TCP_FLAG_BE_LIBERAL
+        conn.tflags1 |= IP_CT_TCP_FLAG_BE_LIBERAL
 
 
 @dataclass(frozen=True, slots=True)
