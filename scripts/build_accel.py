@@ -44,6 +44,7 @@ MODULES = [
     "pmct/wire/l4.py",
     "pmct/wire/defrag.py",
     "pmct/conntrack/keys.py",
+    "pmct/conntrack/conn.py",
     "pmct/conntrack/table.py",
     "pmct/conntrack/core.py",
     "pmct/conntrack/proto/tcp_table.py",
