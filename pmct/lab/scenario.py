@@ -43,12 +43,16 @@ def wait_for(what: str, fn: Callable[[], T | None], timeout: float, poll: float 
 
 
 def queue_opts(name: str) -> dict[str, Any]:
-    """``Lab.start_node`` options for a queue set-up: netfilterqueue, netlink, netlink-gso."""
-    return {
+    """``Lab.start_node`` options for a queue set-up: netfilterqueue, netlink, netlink-gso
+    (a passive node reads a packet ring, the default), and netlink-passive-queue (a passive
+    node reads NFQUEUE too)."""
+    opts: dict[str, dict[str, Any]] = {
         "netfilterqueue": {"backend": "netfilterqueue"},
         "netlink": {"backend": "netlink"},
         "netlink-gso": {"backend": "netlink", "gso": True},
-    }[name]
+        "netlink-passive-queue": {"backend": "netlink", "passive_capture": "queue"},
+    }
+    return opts[name]
 
 
 def probe(lab: Lab, node: str, *args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:

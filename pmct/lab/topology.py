@@ -381,6 +381,7 @@ class Lab:
         rcvbuf: int | None = None,
         backend: str | None = None,
         gso: bool = False,
+        passive_capture: str | None = None,
         extra: str = "",
     ) -> str:
         lan_mac, wan_mac = (LAN_MCAST_MAC, WAN_MCAST_MAC) if self.switched else (LAN_MAC, WAN_MAC)
@@ -395,6 +396,7 @@ class Lab:
             + (f"rcvbuf = {rcvbuf}\n" if rcvbuf else "")
             + (f'backend = "{backend}"\n' if backend else "")
             + ("gso = true\n" if gso else "")
+            + (f'passive_capture = "{passive_capture}"\n' if passive_capture else "")
             + "\n"
             f"[conntrack]\ntcp_loose = {'true' if tcp_loose else 'false'}\n\n"
             f"{lab_policy(strict)}\n{extra}"

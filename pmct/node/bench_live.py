@@ -12,6 +12,8 @@ modes
                 queue.backend = "netfilterqueue" (one verdict per packet)
     pmct-nl     the same with queue.backend = "netlink" (batch verdicts)
     pmct-gso    netlink backend with queue.gso = true (GSO super-packets queued whole)
+    pmct-nl-q   pmct-nl with queue.passive_capture = "queue": fw-b reads NFQUEUE too,
+                instead of a packet ring and an ingress drop (the default "ring")
 
 traffic
     tcp         one iperf3 TCP flow, offloads on (GSO/GRO super-packets on the veths)
@@ -44,11 +46,12 @@ from pmct.lab.topology import LAN_GW, SERVER_IP, WAN_GW, Lab
 
 __all__ = ["main"]
 
-MODES = ("kernel", "conntrack", "pmct", "pmct-nl", "pmct-gso")
+MODES = ("kernel", "conntrack", "pmct", "pmct-nl", "pmct-gso", "pmct-nl-q")
 PMCT_MODES = {
     "pmct": {"backend": "netfilterqueue"},
     "pmct-nl": {"backend": "netlink"},
     "pmct-gso": {"backend": "netlink", "gso": True},
+    "pmct-nl-q": {"backend": "netlink", "passive_capture": "queue"},
 }
 TRAFFIC = ("tcp", "tcp-nooff", "udp64")
 

@@ -53,6 +53,7 @@ from pmct.config import Config
 from pmct.conntrack.constants import CTSTATE_NAMES, CtState, Status
 from pmct.conntrack.core import Engine, EventType
 from pmct.node import fence, metrics
+from pmct.node.capture import RingCapture
 from pmct.node.control import ControlError, ControlServer
 from pmct.node.datapath import Datapath, NfqCallback
 from pmct.node.forwarding import REQUESTS, Forwarding, Role, StateFile
@@ -265,7 +266,12 @@ class Daemon:
         self.queue: Queue | NetlinkQueue | None = None
         self.ifnames: dict[int, str] = self.dp.names  # ifindex -> name, kept current by Links
         self.rules: QueueRules | None = None
-        self.silence = Silence(cfg.interfaces.data)
+        self.ring_mode = cfg.queue.passive_capture == "ring"
+        self.silence = Silence(
+            cfg.interfaces.data, ingress_drop=self.ring_mode, ipv6=cfg.queue.ipv6
+        )
+        self.capture: RingCapture | None = None  # the passive node's ring (capture.py)
+        self.capture_closed: dict[str, Any] = {}  # the counters of rings closed before
         self.control: ControlServer | None = None
         self.http: _MetricsHttp | None = None
         self.state_file = StateFile(cfg.node.state_file)
@@ -398,6 +404,7 @@ class Daemon:
                 rcvbuf=q.rcvbuf,
                 fail_open=q.fail_open,
                 gso=q.gso,
+                verdict_thread=q.verdict_thread,
             )
         else:
             self.queue = Queue(
@@ -446,6 +453,8 @@ class Daemon:
             steps.append(("queue rules", self.rules.remove))
         if self.queue is not None:
             steps.append(("queue", self.queue.close))
+        if self.capture is not None:
+            steps.append(("ring", self.capture.close))
         steps.append(("silence", self.silence.disable))
         if self.sync is not None:
             steps.append(("sync socket", self.sync.close))
@@ -464,6 +473,7 @@ class Daemon:
             except Exception as e:
                 log.warning("teardown: %s: %s", what, e)
         self.links = self.queue = self.rules = self.control = self.http = None
+        self.capture = None
         self.sync = None
         self.sync_due = float("inf")
         log.info("stopped; everything pmct installed is removed")
@@ -493,6 +503,9 @@ class Daemon:
             rfds = [qfd, self._wakeup_r, *self.control.read_fds()]
             if self.http is not None:
                 rfds += self.http.fds()
+            capture = self.capture
+            if capture is not None:
+                rfds.append(capture.fd)
             if self.sync is not None:
                 rfds.append(self.sync.fileno())
                 timeout = max(0.0, min(timeout, self.sync_due - now))
@@ -511,12 +524,18 @@ class Daemon:
                     break
                 except OSError as e:  # recv failed: log, keep going
                     log.warning("queue recv: %s", e)
+            if capture is not None and capture.fd in r:
+                capture.drain(self.dp)
             if self.sync is not None:
                 self._sync_service(time.monotonic())
             now = time.monotonic()
             # Housekeeping when it is due or another fd is ready, not after every burst: a
             # wake-up for a few packets must stay cheap (docs/performance.md, node section).
-            if now >= self._next_service or w or len(r) > (qfd in r):
+            if (
+                now >= self._next_service
+                or w
+                or len(r) > (qfd in r) + (capture is not None and capture.fd in r)
+            ):
                 try:
                     self._service(now, set(r))
                 except _Stop:
@@ -535,9 +554,36 @@ class Daemon:
                 time.sleep(ACTIVE_COALESCE if self.active else PASSIVE_COALESCE)
 
     def _set_verdicts(self, role: Role) -> None:
+        if self.ring_mode and role is Role.ACTIVE:
+            self._switch_capture(role)  # the ring's last packets are tracked as a passive's
         self.active = role is Role.ACTIVE
         if isinstance(self.queue, NetlinkQueue):  # what most packets of a burst get
             self.queue.batch_verdict = 1 if self.active else 0
+        if self.ring_mode and role is Role.PASSIVE:
+            self._switch_capture(role)
+
+    def _switch_capture(self, role: Role) -> None:
+        """Open the passive ring before the ingress drop goes on; close it after it is gone.
+
+        Forwarding calls this before ``silence.enable()`` on a demotion and after
+        ``silence.disable()`` on a promotion, so the engine sees every packet: in the moment
+        between, a packet may come both ways (tracked twice, as a retransmission), never
+        neither way.
+        """
+        if self.links is None:  # not set up (a unit test of the packet path): no ring
+            return
+        if role is Role.PASSIVE and self.capture is None:
+            idx = [self.links.index(name) for name in self.cfg.interfaces.data]
+            self.capture = RingCapture(
+                idx,
+                ipv6=self.cfg.queue.ipv6,
+                size=self.cfg.queue.ring_size,
+                on_error=self._on_packet_error,
+            )
+        elif role is Role.ACTIVE and self.capture is not None:
+            capture, self.capture = self.capture, None
+            capture.close(self.dp, since=time.monotonic())
+            self.capture_closed = _add_counts(self.capture_closed, capture.stats())
 
     def _make_handler(self) -> Callable[[bytes, int, int], tuple[int, int, bytes | None]]:
         """The per-packet decision: ``(payload, indev, mark) -> (verdict, mark, payload)``.
@@ -729,6 +775,13 @@ class Daemon:
             return metrics.render_stats(self.status())
         raise ValueError(f"unknown command {cmd!r}")
 
+    def _ring_status(self) -> dict[str, Any]:
+        now = self.capture.stats() if self.capture is not None else {}
+        total = _add_counts(self.capture_closed, now)
+        total["open"] = self.capture is not None
+        total["size"] = self.cfg.queue.ring_size
+        return total
+
     def status(self) -> dict[str, Any]:
         now = time.monotonic()
         cfg = self.cfg
@@ -766,6 +819,9 @@ class Daemon:
                 "waiting": qs.waiting if qs else None,
                 "queue_dropped": qs.queue_dropped if qs else None,
                 "user_dropped": qs.user_dropped if qs else None,
+                "passive_capture": cfg.queue.passive_capture,
+                # the passive node's packet ring (capture.py): frames tracked and missed
+                **({"ring": self._ring_status()} if self.ring_mode else {}),
                 # netlink backend: packets per wake-up, batch and single verdicts
                 **(
                     {"drain": self.queue.stats.as_dict()}
@@ -799,6 +855,15 @@ class Daemon:
             "sync": self.sync.status(now) if self.sync is not None else {"state": "not configured"},
             "nat": dict(self.nat.status()) if self.nat is not None else {"state": "not configured"},
         }
+
+
+def _add_counts(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Counters of two rings added up (a node opens a new ring at each demotion)."""
+    out = dict(a)
+    for k, v in b.items():
+        if isinstance(v, int) and k != "size":
+            out[k] = out.get(k, 0) + v
+    return out
 
 
 def setup_logging(level: str) -> None:

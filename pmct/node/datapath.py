@@ -45,6 +45,7 @@ __all__ = [
     "Nat",
     "NfqCallback",
     "Oif",
+    "RingReader",
     "Verdict",
     "drain_netlink",
     "verdict_message",
@@ -307,6 +308,8 @@ def drain_netlink(
     burst: int,
     qbe: int,
     stats: DrainStats,
+    flush: int = 1 << 30,
+    sender: Any = None,
 ) -> int:
     """Answer up to ``burst`` waiting packets of a non-blocking NFQUEUE netlink socket.
 
@@ -315,7 +318,9 @@ def drain_netlink(
     NFQNL_MSG_VERDICT_BATCH for the highest id at the end (the kernel applies it to every
     queued id <= that id: nfnetlink_queue.c nfqnl_recv_verdict_batch(); ids are handed out in
     order, and every other packet already has its own verdict), the rest one by one at once.
-    Returns the number of packets answered.
+    The batch is also sent whenever ``flush`` packets wait for it, so that the first packets of
+    a long burst leave while the rest are being decided (a TCP flow through the node is
+    clocked by its ACKs, which cross the same queue). Returns the number of packets answered.
 
     Each message is read with ``recv()`` into a new bytes object (one allocation, and reading
     bytes is a C primitive here, unlike a bytearray), and the datagram is one slice of it.
@@ -323,8 +328,9 @@ def drain_netlink(
     would never get a verdict.
     """
     recv = sock.recv
-    send = sock.send
+    send = sock.send if sender is None else sender
     last = -1
+    pending = 0
     count = 0
     stats.drains += 1
     now = dp.clock() if dp is not None else 0.0  # one clock read per burst (~0.2 µs each)
@@ -382,6 +388,12 @@ def drain_netlink(
             new = None
         if v == batch_v and m < 0 and new is None:
             last = pkt_id
+            pending += 1
+            if pending >= flush:
+                stats.batches += 1
+                send(verdict_message(qbe, last, batch_v, -1, True, None))
+                last = -1
+                pending = 0
         else:
             stats.singles += 1
             send(verdict_message(qbe, pkt_id, v, m, False, new))
@@ -390,3 +402,73 @@ def drain_netlink(
         stats.batches += 1
         send(verdict_message(qbe, last, batch_v, -1, True, None))
     return count
+
+
+# ------------------------------------------------------------------------------ ring capture
+#
+# The passive node's TPACKET_V3 ring (capture.py maps it). Layout (linux/if_packet.h): each
+# block starts with tpacket_block_desc {u32 version, u32 offset_to_priv, tpacket_hdr_v1 {u32
+# block_status, u32 num_pkts, u32 offset_to_first_pkt, u32 blk_len, ...}}; each frame with
+# tpacket3_hdr {u32 tp_next_offset, tp_sec, tp_nsec, tp_snaplen, tp_len, tp_status, u16 tp_mac,
+# u16 tp_net, ...} (48 bytes) and then struct sockaddr_ll {u16 family, be16 protocol,
+# s32 ifindex, ...}. All host order.
+
+TP_STATUS_USER: Final = 1
+TP_STATUS_LOSING: Final = 4
+_RELEASE: Final = b"\x00\x00\x00\x00"  # TP_STATUS_KERNEL: the block goes back to the kernel
+
+
+class RingReader:
+    """Walks the blocks the kernel has handed over, in ring order, and tracks each frame."""
+
+    def __init__(self, mm: Any, block_size: int, blocks: int) -> None:
+        self.mm = mm
+        self.block_size = block_size
+        self.blocks = blocks
+        self.block = 0  # the next block to look at
+        self.packets = 0
+        self.blocks_read = 0
+        self.losing = 0  # blocks the kernel closed while it was dropping frames
+        self.truncated = 0  # frames longer than the ring could hold (not tracked)
+        self.errors = 0
+
+    def drain(self, dp: Datapath, on_error: Callable[[], int], budget: int) -> int:
+        """Track the frames of up to ``budget`` ready blocks; returns the frame count.
+
+        The verdict is ignored: the ring is a passive node's, and its ingress hook drops the
+        frames. A frame is the Ethernet header at tp_mac and the IP datagram at tp_net (with
+        any Ethernet padding after it: the engine trims to the total length, as ip_rcv()).
+        """
+        mm = self.mm
+        count = 0
+        now = dp.clock()
+        for _ in range(budget):
+            off = self.block * self.block_size
+            head: bytes = mm[off : off + 24]
+            status = _u32(head, 8)
+            if not status & TP_STATUS_USER:
+                break
+            if status & TP_STATUS_LOSING:
+                self.losing += 1
+            n = _u32(head, 12)
+            p = off + _u32(head, 16)
+            for _ in range(n):
+                h: bytes = mm[p : p + 60]
+                snap = _u32(h, 12)
+                mac = _u16(h, 24)
+                if snap < _u32(h, 16):
+                    self.truncated += 1
+                else:
+                    data: bytes = mm[p + _u16(h, 26) : p + mac + snap]
+                    try:
+                        dp.handle_at(data, _u32(h, 52), 0, now)
+                    except Exception:
+                        self.errors += 1
+                        on_error()
+                count += 1
+                p += _u32(h, 0)
+            mm[off + 8 : off + 12] = _RELEASE
+            self.block = self.block + 1 if self.block + 1 < self.blocks else 0
+            self.blocks_read += 1
+        self.packets += count
+        return count

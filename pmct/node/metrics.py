@@ -52,6 +52,15 @@ def render_status(st: Status) -> str:
         f"queue {q['num']} (fail-{q['fail']}): {st['packets']['total']} packets, "
         f"{st['packets']['per_second']:.1f}/s now; queue full drops {_n(q, 'queue_dropped')}"
         f", socket drops {_n(q, 'user_dropped')}, waiting {_n(q, 'waiting')}",
+        *(
+            [
+                f"ring      {'open' if ring.get('open') else 'closed'}: {ring.get('packets', 0)} "
+                f"packets, missed (ring full) {ring.get('drops', 0)}, "
+                f"too long {ring.get('truncated', 0)}"
+            ]
+            if (ring := q.get("ring"))
+            else []
+        ),
         f"ctstate   {_pairs(st['ctstates'])}",
         f"verdicts  {_pairs(st['verdicts'])}   (errors {st['errors']['callback']}, "
         f"unparsed {st['errors']['unparsed']})",
@@ -213,6 +222,8 @@ def render_prometheus(st: Status) -> str:
         [
             ({**node, "cause": "queue_full"}, q.get("queue_dropped") or 0),
             ({**node, "cause": "socket_full"}, q.get("user_dropped") or 0),
+            # the passive node's packet ring (capture.py): frames the ring had no room for
+            ({**node, "cause": "ring_full"}, (q.get("ring") or {}).get("drops", 0)),
         ],
     )
     m += _metric(

@@ -165,15 +165,29 @@ class QueueRules:
 class Silence:
     """The passive node's layer-2 drop on the data interfaces (on = emits nothing)."""
 
-    def __init__(self, data_ifaces: Sequence[str]) -> None:
+    def __init__(
+        self, data_ifaces: Sequence[str], *, ingress_drop: bool = False, ipv6: bool = True
+    ) -> None:
         self.ifaces = tuple(data_ifaces)
+        # queue.passive_capture = "ring" (capture.py): the passive node reads its frames from
+        # a packet ring, a tap that runs before the ingress hook; dropping IP there spares the
+        # stack and NFQUEUE every packet the node would only have dropped after tracking.
+        self.ingress_drop = ingress_drop
+        self.ipv6 = ipv6
         self.on = False
 
     def script(self) -> str:
         names = ", ".join(f'"{i}"' for i in self.ifaces)
+        protos = "{ ip, ip6 }" if self.ipv6 else "ip"
         chains = "".join(
             f'chain egress_{n} {{ type filter hook egress device "{i}" priority 0; '
             f"policy drop; }}; "
+            + (
+                f'chain ingress_{n} {{ type filter hook ingress device "{i}" priority 0; '
+                f"meta protocol {protos} drop; }}; "
+                if self.ingress_drop
+                else ""
+            )
             for n, i in enumerate(self.ifaces)
         )
         return (

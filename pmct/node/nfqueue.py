@@ -36,8 +36,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
 import socket
 import struct
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -93,6 +95,10 @@ SO_RCVBUFFORCE: Final = 33
 MAX_COPY_RANGE: Final = 3840
 # netlink backend: a whole IP datagram, GSO super-packets included.
 FULL_COPY_RANGE: Final = 0xFFFF
+# The netlink backend sends a batch verdict at the latest after this many packets of a burst,
+# so the first ones leave while the rest are being decided (bench_live: a TCP flow through the
+# node is clocked by its ACKs, which cross the same queue).
+VERDICT_FLUSH: Final = 128
 
 _NLMSGHDR: Final = struct.Struct("=IHHII")
 _NFGENMSG: Final = struct.Struct("=BBH")
@@ -264,12 +270,18 @@ class NetlinkQueue:
         fail_open: bool = False,
         gso: bool = False,
         burst: int = 256,
+        verdict_thread: bool = True,
+        flush: int = VERDICT_FLUSH,
     ) -> None:
         self.num = num
         self.handler = handler
         self.on_error = on_error
         self.burst = burst
         self.batch_verdict = NF_ACCEPT
+        self.flush = flush
+        self._send: Callable[[bytes], Any] | None = None  # None: send in the drain loop
+        self._vq: queue.SimpleQueue[bytes | None] | None = None
+        self._vt: threading.Thread | None = None
         self.stats = DrainStats()
         self.dp = datapath_of(handler)
         s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
@@ -298,6 +310,43 @@ class NetlinkQueue:
         self.fd: int = s.fileno()
         self.bufsize = FULL_COPY_RANGE + 4096  # a whole 64 KB datagram and its metadata
         self._qbe = socket.htons(num)
+        if verdict_thread:
+            self.start_verdict_thread()
+
+    def start_verdict_thread(self) -> None:
+        self._vq = queue.SimpleQueue()
+        self._send = self._vq.put
+        self._vt = threading.Thread(target=self._sender, name="verdicts", daemon=True)
+        self._vt.start()
+
+    def stop_verdict_thread(self) -> None:
+        """Send what is still waiting, then end the thread (before the socket closes)."""
+        if self._vq is not None and self._vt is not None:
+            self._vq.put(None)
+            self._vt.join(2.0)
+        self._vq = self._vt = self._send = None
+
+    def _sender(self) -> None:
+        """The verdict thread: sends the drain loop's verdicts, in order.
+
+        Why a thread: the verdict's sendmsg() runs nf_reinject(), that is the rest of the
+        packet's forward path and often the receiver's softirq, in the caller's context:
+        about half of an active node's CPU per packet (measurements.md). On its own thread
+        that work overlaps with the decisions on the next packets (the GIL is released in
+        the system call), instead of following them. One FIFO keeps the kernel's order:
+        a batch verdict must never overtake a single verdict of a lower id.
+        """
+        assert self._vq is not None
+        get = self._vq.get
+        send = self.sock.send
+        while True:
+            msg = get()
+            if msg is None:
+                return
+            try:
+                send(msg)
+            except OSError:
+                self.stats.errors += 1
 
     def drain(self) -> int:
         """Answer up to ``burst`` waiting packets; returns when none is waiting or at the cap.
@@ -314,8 +363,11 @@ class NetlinkQueue:
             self.burst,
             self._qbe,
             self.stats,
+            self.flush,
+            self._send,
         )
 
     def close(self) -> None:
         # closing the socket destroys the queue (nfqnl_rcv_nl_event(NETLINK_URELEASE))
+        self.stop_verdict_thread()
         self.sock.close()

@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.netns, pytest.mark.slow]
 PORT = 5555
 
 
-@pytest.fixture(params=["netfilterqueue", "netlink", "netlink-gso"])
+@pytest.fixture(params=["netfilterqueue", "netlink", "netlink-gso", "netlink-passive-queue"])
 def backend(request: pytest.FixtureRequest) -> str:
     """Every queue set-up must keep the stream (and the control must cut it)."""
     return str(request.param)

@@ -41,15 +41,21 @@ def ping(lab: Lab, size: int, count: int = 2) -> bool:
     return p.returncode == 0
 
 
-def test_fragmented_echoes_pass_and_both_nodes_track_them(lab: Lab) -> None:
+@pytest.mark.parametrize("passive", ["netlink", "netlink-passive-queue"])
+def test_fragmented_echoes_pass_and_both_nodes_track_them(lab: Lab, passive: str) -> None:
     lab.start_node("fw-a", role="active", **queue_opts("netlink"))
-    lab.start_node("fw-b", role="passive", **queue_opts("netlink"))
+    lab.start_node("fw-b", role="passive", **queue_opts(passive))
     rx_b = lab.port_rx("lb") + lab.port_rx("wb")
     for size in SIZES:
         assert ping(lab, size), f"ping -s {size} through fw-a"
     for fw in ("fw-a", "fw-b"):
         st = lab.control(fw, "status")
-        assert st["ctstates"]["frag"] == 0, fw  # the queue saw whole datagrams only
+        if fw == "fw-b" and passive == "netlink":
+            # the packet ring (capture.py) taps the wire before nf_defrag: the engine's own
+            # defragmenter holds the fragments and tracks the reassembled datagram
+            assert st["ctstates"]["frag"] > 0
+        else:
+            assert st["ctstates"]["frag"] == 0, fw  # the queue saw whole datagrams only
         assert st["errors"] == {"callback": 0, "unparsed": 0}, fw
     a = sorted(map(table_key, conntrack_entries(lab, "fw-a")))
     b = sorted(map(table_key, conntrack_entries(lab, "fw-b")))

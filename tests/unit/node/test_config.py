@@ -144,6 +144,12 @@ def error_of(text: str) -> str:
             't.toml:3: queue.gso: needs backend = "netlink"',
         ),
         ("[queue]\nbackend = 'nfq'\n", "t.toml:2: queue.backend: must be one of"),
+        (
+            "[queue]\npassive_capture = 'pcap'\n",
+            "t.toml:2: queue.passive_capture: must be one of 'ring', 'queue'",
+        ),
+        ("[queue]\nring_size = 1024\n", "t.toml:2: queue.ring_size: must be between"),
+        ("[queue]\nverdict_thread = 'no'\n", "t.toml:2: queue.verdict_thread: must be true"),
         ("[node]\nrun_dir = 'run'\n", "node.run_dir: must be an absolute path"),
         ("[interfaces]\ndata = 'lan0'\n", "t.toml:2: interfaces.data: must be an array"),
         (

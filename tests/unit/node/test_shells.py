@@ -202,6 +202,14 @@ def test_silence_ruleset_covers_only_the_data_interfaces() -> None:
     assert 'oifname { "lan0", "wan0" } drop' in text
     assert text.count("hook egress") == 2 and "sync0" not in text
     assert text.count("policy drop") == 2
+    assert "ingress" not in text  # passive_capture = "queue": NFQUEUE sees the packets
+
+
+def test_silence_with_the_ring_also_drops_ip_at_ingress() -> None:
+    text = Silence(["lan0", "wan0"], ingress_drop=True).script()
+    assert text.count("hook ingress") == 2 and text.count("meta protocol { ip, ip6 } drop") == 2
+    v4 = Silence(["lan0"], ingress_drop=True, ipv6=False).script()
+    assert "meta protocol ip drop" in v4 and "ip6" not in v4  # ARP still reaches the stack
 
 
 def test_read_queue_stats(tmp_path: Path) -> None:
@@ -341,6 +349,7 @@ def make_queue(messages: list[bytes], handler):  # type: ignore[no-untyped-def]
     q.sock = FakeNetlink(messages)  # type: ignore[assignment]
     q.bufsize = 70000
     q._qbe = socket.htons(0)
+    q.flush, q._send, q._vq, q._vt = 1 << 30, None, None, None
     return q
 
 
@@ -364,6 +373,26 @@ def test_netlink_batch_verdicts_answer_every_packet_once() -> None:
         ("one", 13, 1, 0x80000007),  # accept with a mark, at once
         ("batch", 15, 1, None),  # everything else up to id 15
     ]
+
+
+def test_netlink_batch_is_flushed_every_n_packets_and_a_single_never_overtaken() -> None:
+    def handler(data: bytes, indev: int, mark: int) -> tuple[int, int, bytes | None]:
+        return (1, 0x10, None) if data == b"mark" else (1, -1, None)
+
+    payloads = [b"a", b"b", b"c", b"mark", b"d", b"e", b"f", b"g"]
+    for threaded in (False, True):
+        q = make_queue([packet_message(i + 1, p) for i, p in enumerate(payloads)], handler)
+        q.flush = 3
+        if threaded:  # the verdict thread sends the same messages in the same order
+            q.start_verdict_thread()
+        q.drain()
+        q.stop_verdict_thread()
+        assert verdicts(q.sock.sent) == [  # type: ignore[attr-defined]
+            ("batch", 3, 1, None),  # a, b, c: the batch is full
+            ("one", 4, 1, 0x10),
+            ("batch", 7, 1, None),  # d, e, f
+            ("batch", 8, 1, None),  # g, at the end of the burst
+        ], threaded
 
 
 def test_netlink_passive_batches_drops_and_errors_follow_on_error() -> None:
