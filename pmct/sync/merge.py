@@ -117,6 +117,19 @@ def _insert(table: SyncTable, rec: CtRecord, base: float, now: float) -> str:
     return "inserted" if table.insert(conn, now) else "table_full"
 
 
+def _replace(
+    table: SyncTable, local: Conn, rec: CtRecord, base: float, now: float, sticky: int, name: str
+) -> str:
+    """Drop the local entry for the master's: ``name`` when it went in, else why not. The
+    ``sticky`` status bits the local entry had survive on the new one."""
+    table.delete(local, now)
+    outcome = _insert(table, rec, base, now)
+    conn = table.get(rec.key, now)
+    if conn is not None:
+        conn.status |= sticky
+    return name if outcome == "inserted" else outcome
+
+
 def apply_merge(table: SyncTable, rec: CtRecord, base: float, now: float) -> str:
     """Concurrent mode: merge a received entry with local state; returns the outcome name
     (``inserted``, ``replaced``, ``stale``, ``nat_rebound`` or ``table_full``)."""
@@ -132,12 +145,7 @@ def apply_merge(table: SyncTable, rec: CtRecord, base: float, now: float) -> str
         # connection holding the master's reply tuple. The master's binding is the one on
         # the wire, so it wins whatever the state order says (docs/nat.md §4).
         sticky = local.status & STICKY_STATUS if local.key == rec.key else 0
-        table.delete(local, now)
-        outcome = _insert(table, rec, base, now)
-        conn = table.get(rec.key, now)
-        if conn is not None:
-            conn.status |= sticky
-        return "nat_rebound" if outcome == "inserted" else outcome
+        return _replace(table, local, rec, base, now, sticky, "nat_rebound")
     if not remote_is_newer(rec, rec_expires, local):
         local.status |= rec.status & STICKY_STATUS
         return "stale"
@@ -145,12 +153,7 @@ def apply_merge(table: SyncTable, rec: CtRecord, base: float, now: float) -> str
     if local.key != rec.key or local.rkey != rec.rkey:
         # Seen the other way round (picked up from a reply-direction segment) or a different
         # NAT binding: the tuples are the master's; windows are relearned.
-        table.delete(local, now)
-        outcome = _insert(table, rec, base, now)
-        conn = table.get(rec.key, now)
-        if conn is not None:
-            conn.status |= sticky
-        return "replaced" if outcome == "inserted" else outcome
+        return _replace(table, local, rec, base, now, sticky, "replaced")
     old_expires = local.expires
     write_conn(
         local,
