@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import mmap
+import os
 import socket
 import struct
 import time
@@ -122,7 +123,7 @@ def _bind_all(sock: socket.socket) -> None:
     sll = struct.pack("=HHiHBB8s", socket.AF_PACKET, socket.htons(ETH_P_ALL), 0, 0, 0, 0, b"")
     if libc.bind(sock.fileno(), ctypes.c_char_p(sll), len(sll)) != 0:
         err = ctypes.get_errno()
-        raise OSError(err, f"AF_PACKET bind: {__import__('os').strerror(err)}")
+        raise OSError(err, f"AF_PACKET bind: {os.strerror(err)}")
 
 
 class RingCapture:
@@ -144,7 +145,6 @@ class RingCapture:
         self.on_error = on_error or (lambda: 0)
         self.drops = 0  # frames the kernel could not put in the ring (tp_drops)
         self.freezes = 0  # times the ring was full (tp_freeze_q_cnt)
-        self.kernel_packets = 0  # tp_packets: frames the filter kept
         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)  # 0: receives nothing yet
         try:
             _attach_filter(s, bpf_filter(ifindexes, ipv6))
@@ -172,7 +172,6 @@ class RingCapture:
         self.sock = s
         self.fd = s.fileno()
         self.reader = RingReader(self.mm, RING_BLOCK_SIZE, blocks)
-        self.opened = time.monotonic()
 
     def drain(self, dp: Datapath) -> int:
         """Track the packets of up to ``budget`` handed-over blocks; the packet count."""
@@ -181,8 +180,7 @@ class RingCapture:
     def read_stats(self) -> None:
         """Fold the kernel's counters in (reading them resets them: af_packet.c)."""
         raw = self.sock.getsockopt(SOL_PACKET, PACKET_STATISTICS, 12)
-        packets, drops, freezes = struct.unpack("=3I", raw)
-        self.kernel_packets += packets
+        _, drops, freezes = struct.unpack("=3I", raw)
         self.drops += drops
         self.freezes += freezes
 

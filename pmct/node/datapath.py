@@ -414,7 +414,6 @@ def drain_netlink(
 # s32 ifindex, ...}. All host order.
 
 TP_STATUS_USER: Final = 1
-TP_STATUS_LOSING: Final = 4
 _RELEASE: Final = b"\x00\x00\x00\x00"  # TP_STATUS_KERNEL: the block goes back to the kernel
 
 
@@ -428,7 +427,6 @@ class RingReader:
         self.block = 0  # the next block to look at
         self.packets = 0
         self.blocks_read = 0
-        self.losing = 0  # blocks the kernel closed while it was dropping frames
         self.truncated = 0  # frames longer than the ring could hold (not tracked)
         self.errors = 0
 
@@ -448,8 +446,6 @@ class RingReader:
             status = _u32(head, 8)
             if not status & TP_STATUS_USER:
                 break
-            if status & TP_STATUS_LOSING:
-                self.losing += 1
             n = _u32(head, 12)
             p = off + _u32(head, 16)
             for _ in range(n):
