@@ -177,6 +177,23 @@ class Lab:
                 ],
             )
             self.ip("hub", "link", "set", br, "up")
+        # A hub repeats frames, it does not filter them. Once br_netfilter is loaded (the
+        # kernel oracle loads it), every new namespace starts with bridge-nf-call-iptables=1
+        # and each frame crossing a bridge would also run the hub namespace's IP hooks
+        # (br_nf_pre_routing/forward/post_routing and an skb extension, twice per forwarded
+        # packet): work no real hub does, that both firewalls would pay for in every
+        # benchmark. -e: without br_netfilter the keys do not exist and there is nothing to do.
+        self.sh(
+            "hub",
+            [
+                "sysctl",
+                "-qw",
+                "-e",
+                "net.bridge.bridge-nf-call-iptables=0",
+                "net.bridge.bridge-nf-call-ip6tables=0",
+                "net.bridge.bridge-nf-call-arptables=0",
+            ],
+        )
         for port, (node, dev, br) in PORTS.items():
             self.sh(
                 None,
