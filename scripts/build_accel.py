@@ -44,6 +44,7 @@ MODULES = [
     "pmct/wire/l4.py",
     "pmct/wire/defrag.py",
     "pmct/conntrack/keys.py",
+    "pmct/conntrack/settings.py",  # Settings/Timeouts: read by the trackers on every packet
     "pmct/conntrack/conn.py",
     "pmct/conntrack/table.py",
     "pmct/conntrack/core.py",

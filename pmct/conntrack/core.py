@@ -76,10 +76,12 @@ _V_INVALID: Final[Verdict] = (INVALID, -1, None)
 _V_HELD: Final[Verdict] = (HELD, -1, None)
 _V_DROPPED: Final[Verdict] = (DROPPED, -1, None)
 _V_UNTRACKED: Final[Verdict] = (UNTRACKED, -1, None)
+# The trackers' outcome sentinels as Final names (C statics when compiled, not a globals
+# lookup per test); the same objects, so the identity tests hold (proto/base.py).
+_OUT_IGNORE: Final = IGNORE
+_OUT_KILL: Final = KILL
+_OUT_REPEAT: Final = REPEAT
 
-# IPv4 without options (total length, fragment field, protocol) and the TCP header that
-# follows it (seq, ack, data offset + flags, window), in one unpack.
-_V4_TCP_FAST: Final = struct.Struct("!2xH2xH1xB10x4xIIHH")
 _PORTS: Final = struct.Struct("!HH")
 
 GC_INTERVAL: Final = 1.0  # seconds of packet time between expiry sweeps
@@ -169,11 +171,18 @@ class Engine:
         # extracts the same fields the slow path gets from wire.parse_ip and calls the same
         # tracker code, so both paths give the same verdicts (tests/unit/conntrack/test_core.py
         # checks the equivalence on every trace).
+        # The fields are read byte by byte, not with struct: compiled, each is a typed int
+        # in a register, where unpack_from() would give a tuple of objects of unknown type
+        # and every test and shift after it a generic (boxed) operation.
         if len(data) >= 40 and data[0] == 0x45:
-            tot, frag, proto, seq, ack, off_flags, win = _V4_TCP_FAST.unpack_from(data)
-            if proto == 6 and not frag & 0x3FFF and 40 <= tot <= len(data):
-                flags = off_flags & 0xFF
-                doff = (off_flags >> 12) << 2
+            tot = (data[2] << 8) | data[3]
+            frag = ((data[6] << 8) | data[7]) & 0x3FFF  # MF and the offset
+            if data[9] == 6 and not frag and 40 <= tot <= len(data):
+                seq = (data[24] << 24) | (data[25] << 16) | (data[26] << 8) | data[27]
+                ack = (data[28] << 24) | (data[29] << 16) | (data[30] << 8) | data[31]
+                flags = data[33]
+                doff = (data[32] >> 4) << 2
+                win = (data[34] << 8) | data[35]
                 key = data[12:24]
                 conn = self._get(key)
                 # The hot case, inlined: a live entry and an accepted packet. Anything else
@@ -214,7 +223,7 @@ class Engine:
                             v = (RELATED, 0, conn)
                         else:
                             v = (NEW, 0, conn)
-                    elif r is REPEAT:
+                    elif r is _OUT_REPEAT:
                         self.stats["repeat"] += 1
                         self.table.delete(conn, "reopened")
                         v = self._tcp(key, 4, data, 20, tot - 20, seq, ack, flags, win, doff, now)
@@ -346,8 +355,8 @@ class Engine:
         self, conn: Conn, d: int, r: str | None, is_new: bool, old_state: int, old_status: int
     ) -> Verdict:
         """Everything after the tracker ran: confirm, SEEN_REPLY, ctstate, events."""
-        if r is None or r is IGNORE or r is KILL:
-            if r is IGNORE:
+        if r is None or r is _OUT_IGNORE or r is _OUT_KILL:
+            if r is _OUT_IGNORE:
                 self.stats["ignore"] += 1
             if is_new:
                 conn.status |= _CONFIRMED
@@ -370,7 +379,7 @@ class Engine:
                     events.append((EventType.NEW, conn))
                 elif conn.state != old_state or conn.status != old_status:
                     events.append((EventType.UPDATE, conn))
-            if r is KILL:
+            if r is _OUT_KILL:
                 self.table.delete(conn, "killed")
             return (state, d, conn)
         return self._invalid(r)
@@ -499,12 +508,12 @@ class Engine:
             old_state = conn.state
             old_status = conn.status
             r = tcp.packet(conn, d, data, l4off, l4len, seq, ack, flags, win, doff, now, s)
-            if r is REPEAT:
+            if r is _OUT_REPEAT:
                 self.stats["repeat"] += 1
                 if not is_new:
                     self.table.delete(conn, "reopened")
                 continue
-            if conn.status & _HELPER and (r is None or r is IGNORE or r is KILL):
+            if conn.status & _HELPER and (r is None or r is _OUT_IGNORE or r is _OUT_KILL):
                 r = self._help(conn, d, data, l4off + doff, l4off + l4len, seq, now) or r
             return self._finish(conn, d, r, is_new, old_state, old_status)
         return self._invalid("tcp: repeated reopen")

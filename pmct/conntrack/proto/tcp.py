@@ -64,6 +64,12 @@ from pmct.conntrack.proto.tcp_table import (
 from pmct.conntrack.settings import Settings
 from pmct.serial import MASK32, after, before
 
+# The outcome sentinels again, as Final names: compiled, an imported name is a dict lookup in
+# the module's globals at every use, a Final one a C static. Same objects, so ``is`` holds.
+_OUT_IGNORE: Final = IGNORE
+_OUT_KILL: Final = KILL
+_OUT_REPEAT: Final = REPEAT
+
 __all__ = [
     "IP_CT_EXP_CHALLENGE_ACK",
     "IP_CT_TCP_FLAG_BE_LIBERAL",
@@ -152,7 +158,6 @@ _TCPOPT_NOP: Final = 1
 _TCPOPT_WINDOW: Final = 3
 _TCPOPT_SACK_PERM: Final = 4
 _TCPOPT_SACK: Final = 5
-_TSTAMP_ONLY: Final = b"\x01\x01\x08\x0a"  # NOP NOP TIMESTAMP(len 10): tcp_sack() fast path
 _TCPOLEN_TSTAMP_ALIGNED: Final = 12
 
 _U32: Final = struct.Struct("!I")
@@ -273,12 +278,25 @@ def _options(data: bytes, start: int, length: int) -> int:
     return found | scale << 8
 
 
+def _tstamp_only(data: bytes, i: int) -> bool:
+    """The option space at ``data[i:]`` starts NOP NOP TIMESTAMP(len 10), the layout of
+    almost every segment of a Linux peer (tcp_sack()'s fast path). Byte tests rather than
+    ``startswith(b"\\x01\\x01\\x08\\x0a", i)``: compiled, four C comparisons, not a method call."""
+    return (
+        i + 4 <= len(data)
+        and data[i] == 1
+        and data[i + 1] == 1
+        and data[i + 2] == 8
+        and data[i + 3] == 10
+    )
+
+
 def _sack(data: bytes, start: int, length: int, sack: int) -> int:
     """kernel tcp_sack(): the highest right edge of the first SACK option, if beyond ``sack``."""
     if start + length > len(data):
         return sack
     # Fast path: the option space is exactly NOP NOP TIMESTAMP.
-    if length == _TCPOLEN_TSTAMP_ALIGNED and data.startswith(_TSTAMP_ONLY, start):
+    if length == _TCPOLEN_TSTAMP_ALIGNED and _tstamp_only(data, start):
         return sack
     i = start
     while length > 0:
@@ -492,7 +510,7 @@ def _ignored(
         conn.last_wscale = last_wscale
     if old_state == _SYN_SENT and index == TCP_ACK_SET and d == 1:
         tw[_LAST_ACK_I] = ack  # possibly a challenge ACK answering the SYN
-    return IGNORE
+    return _OUT_IGNORE
 
 
 def _resync(conn: Conn, d: int) -> None:
@@ -558,7 +576,7 @@ def _special(
         if (conn.tflags0 | conn.tflags1) & _CLOSE_INIT or (
             conn.last_dir == d and conn.last_index == TCP_RST_SET
         ):
-            return REPEAT  # delete the entry and look the packet up again
+            return _OUT_REPEAT  # delete the entry and look the packet up again
         new_state = _IGNORE  # otherwise: an ignored packet (the kernel falls through)
     if new_state == _IGNORE:
         if (
@@ -586,7 +604,7 @@ def _special(
             # RFC 5961: a challenge ACK answering the ignored SYN, not the ACK of the last
             # FIN. Let it through, change nothing.
             conn.last_flags &= ~_CHALLENGE
-            return IGNORE  # "challenge-ack ignored"
+            return _OUT_IGNORE  # "challenge-ack ignored"
     elif new_state == _SYN_SENT2:
         conn.last_flags |= _SIMOPEN  # the table alone cannot follow a simultaneous open
     elif new_state == _SYN_RECV:
@@ -712,11 +730,7 @@ def packet(
             rflags = conn.tflags1
         end = (seq + l4len - doff + _SYN_FIN_LEN[flags & 3]) & MASK32  # segment_seq_plus_len()
         sack = ack
-        if (
-            rflags & _SACK_PERM
-            and doff > 20
-            and (doff != 32 or not data.startswith(_TSTAMP_ONLY, l4off + 20))
-        ):
+        if rflags & _SACK_PERM and doff > 20 and (doff != 32 or not _tstamp_only(data, l4off + 20)):
             sack = _sack(data, l4off + 20, doff - 20, ack)
         if conn.status & _SEQ_ADJUST:
             # "Take into account NAT sequence number mangling"
@@ -752,9 +766,11 @@ def packet(
             elif ((sack - r_end - 1) & MASK32) <= 0x7FFFFFFF:  # bound III fails
                 outcome = R_ACK_OVER
             elif r_maxwin and ((s_end - r_maxwin - 1 - end) & MASK32) <= 0x7FFFFFFF:  # II
-                outcome = IGNORE  # "SEQ is under lower bound (already ACKed data retransmitted)"
+                # "SEQ is under lower bound (already ACKed data retransmitted)"
+                outcome = _OUT_IGNORE
             elif ((r_end - maxackwin - 1 - sack) & MASK32) <= 0x7FFFFFFF:  # bound IV fails
-                outcome = IGNORE  # "ignored ACK under lower bound (possible overly delayed)"
+                # "ignored ACK under lower bound (possible overly delayed)"
+                outcome = _OUT_IGNORE
             else:
                 outcome = None
                 # In window: learn from the segment. First the sender...
@@ -811,7 +827,7 @@ def packet(
             if outcome is not None and not (
                 (conn.tflags1 if d else conn.tflags0) & _LIBERAL or s.tcp_be_liberal
             ):
-                if outcome is not IGNORE:
+                if outcome is not _OUT_IGNORE:
                     _handle_invalid(conn, d, index, now, s)
                 return outcome
         # ---- end of tcp_in_window() ----------------------------------------------------
@@ -842,7 +858,7 @@ def packet(
     if not status & _SEEN_REPLY:
         if flags & _RST:
             # The only answer is a RST: there is no connection, drop the entry now.
-            return KILL
+            return _OUT_KILL
         if index == TCP_SYN_SET and old_state == _SYN_SENT:
             # A retransmitted SYN does not renew the timeout: port reuse by a client or a NAT
             # could otherwise keep the entry alive for ever.
@@ -885,7 +901,7 @@ def _over_window(
             conn.tflags1 |= _UNACK
         else:
             conn.tflags0 |= _UNACK
-        return IGNORE  # "%u bytes more than expected"
+        return _OUT_IGNORE  # "%u bytes more than expected"
     return R_SEQ_OVER
 
 
