@@ -224,6 +224,7 @@ NFQA_IFINDEX_INDEV: Final = 5
 NFQA_PAYLOAD: Final = 10
 _LITTLE: Final = sys.byteorder == "little"
 _ENOBUFS: Final = 105
+_MSG_DONTWAIT: Final = socket.MSG_DONTWAIT  # a C static when compiled, not a getattr per recv
 
 _H16: Final = struct.Struct("=H")
 _H32: Final = struct.Struct("=I")
@@ -336,7 +337,7 @@ def drain_netlink(
     now = dp.clock() if dp is not None else 0.0  # one clock read per burst (~0.2 µs each)
     for _ in range(burst):
         try:
-            msg: bytes = recv(bufsize, socket.MSG_DONTWAIT)
+            msg: bytes = recv(bufsize, _MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             break
         except OSError as e:
