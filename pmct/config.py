@@ -857,12 +857,23 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     _table(ctx, data, "", _SECTIONS)
     interfaces = _interfaces(ctx, data.get("interfaces", {}))
     queue = _queue(ctx, data.get("queue", {}))
+    conntrack = _conntrack(ctx, data.get("conntrack", {}))
+    if conntrack.checksum and queue.gso:
+        # With NFQA_CFG_F_GSO the kernel queues GSO/GRO super-packets and packets of a local
+        # or virtual sender with the transport checksum not yet computed (CHECKSUM_PARTIAL);
+        # without it, nfqnl_enqueue_packet() computes it first. The kernel's own check trusts
+        # such packets (nf_ip_checksum()); NFQUEUE's payload alone cannot tell them apart,
+        # so pmct would call each of them INVALID.
+        raise ctx.error(
+            "conntrack.checksum",
+            "needs queue.gso = false (a queued GSO packet has no final checksum yet)",
+        )
     return Config(
         node=_node(ctx, data.get("node", {})),
         interfaces=interfaces,
         cluster=_cluster(ctx, data.get("cluster", {}), interfaces.data),
         queue=queue,
-        conntrack=_conntrack(ctx, data.get("conntrack", {})),
+        conntrack=conntrack,
         policy=_policy(ctx, data.get("policy", {}), interfaces.data),
         metrics=_metrics(ctx, data.get("metrics", {})),
         sync=_sync(ctx, data.get("sync", {}), interfaces),
@@ -970,7 +981,10 @@ fail = "open"
 max_len = 65536
 rcvbuf = 134217728
 # Queue GSO super-packets whole (NFQA_CFG_F_GSO) instead of segmenting them first: much
-# faster with offloads on. Needs backend = "netlink".
+# faster with offloads on. Needs backend = "netlink". The kernel then also leaves unfinished
+# the checksums it would otherwise compute before queueing (CHECKSUM_PARTIAL: GRO
+# super-packets, senders on the same host or a virtual NIC), so it needs
+# conntrack.checksum = false; NAT needs gso = false.
 gso = false
 # Also queue IPv6 (ip6tables); off when the host has no IPv6.
 ipv6 = true
@@ -993,6 +1007,7 @@ tcp_loose = true
 tcp_be_liberal = false
 tcp_ignore_invalid_rst = false
 tcp_max_retrans = 3
+# true: a TCP or SCTP segment with a bad checksum is INVALID (needs queue.gso = false).
 checksum = false
 max_entries = 262144
 

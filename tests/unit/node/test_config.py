@@ -143,6 +143,10 @@ def error_of(text: str) -> str:
             '[queue]\nbackend = "netfilterqueue"\ngso = true\n',
             't.toml:3: queue.gso: needs backend = "netlink"',
         ),
+        (
+            "[queue]\ngso = true\n[conntrack]\nchecksum = true\n",
+            "t.toml:4: conntrack.checksum: needs queue.gso = false",
+        ),
         ("[queue]\nbackend = 'nfq'\n", "t.toml:2: queue.backend: must be one of"),
         (
             "[queue]\npassive_capture = 'pcap'\n",
