@@ -448,22 +448,30 @@ class RingReader:
             if not status & TP_STATUS_USER:
                 break
             n = _u32(head, 12)
-            p = off + _u32(head, 16)
+            used = _u32(head, 20)  # blk_len: the block header and every frame in it
+            if used < 24 or used > self.block_size:
+                used = self.block_size
+            # One copy of the block's used part, then reads and slices of plain bytes (C
+            # indexing when compiled) instead of two slices of the mmap object per frame.
+            blk: bytes = mm[off : off + used]
+            p = _u32(head, 16)
             for _ in range(n):
-                h: bytes = mm[p : p + 60]
-                snap = _u32(h, 12)
-                mac = _u16(h, 24)
-                if snap < _u32(h, 16):
+                if p + 60 > used:  # a frame header beyond blk_len: not a block we can walk
+                    self.errors += 1
+                    break
+                snap = _u32(blk, p + 12)
+                mac = _u16(blk, p + 24)
+                if snap < _u32(blk, p + 16):
                     self.truncated += 1
                 else:
-                    data: bytes = mm[p + _u16(h, 26) : p + mac + snap]
+                    data = blk[p + _u16(blk, p + 26) : p + mac + snap]
                     try:
-                        dp.handle_at(data, _u32(h, 52), 0, now)
+                        dp.handle_at(data, _u32(blk, p + 52), 0, now)
                     except Exception:
                         self.errors += 1
                         on_error()
                 count += 1
-                p += _u32(h, 0)
+                p += _u32(blk, p)
             mm[off + 8 : off + 12] = _RELEASE
             self.block = self.block + 1 if self.block + 1 < self.blocks else 0
             self.blocks_read += 1

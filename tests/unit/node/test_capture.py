@@ -177,3 +177,19 @@ def test_reader_counts_truncated_frames_and_survives_a_failing_handler() -> None
     assert r.drain(rec.dp, lambda: errors.append(1) or 0, 8) == 4
     assert [p for p, _ in rec.seen] == [a, c]  # the cut one is not tracked
     assert (r.truncated, r.errors, errors) == (1, 1, [1])
+
+
+def test_reader_stops_at_a_frame_beyond_the_blocks_length() -> None:
+    """The walk copies blk_len bytes of the block; a frame the kernel did not put inside
+    them is an error, not a read of whatever lies behind it."""
+    a, b = dgram(1), dgram(2)
+    ring = Ring(2)
+    ring.fill(0, [(a, 3, len(a)), (b, 3, len(b))])
+    first_frame_end = 48 + struct.unpack_from("=I", ring.buf, 48)[0]
+    struct.pack_into("=I", ring.buf, 20, first_frame_end)  # blk_len covers frame 1 only
+    ring.fill(1, [(b, 7, len(b))])
+    r = RingReader(ring, BLOCK, 2)
+    rec = Recorder()
+    assert r.drain(rec.dp, lambda: 0, 8) == 2
+    assert [p for p, _ in rec.seen] == [a, b] and r.errors == 1
+    assert struct.unpack_from("=I", ring.buf, 8)[0] == 0  # the block still goes back
