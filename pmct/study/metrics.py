@@ -23,7 +23,6 @@ failover points of one run.
 from __future__ import annotations
 
 import contextlib
-from array import array
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -53,13 +52,13 @@ _FIELDS: Final = (
 
 
 def clone_conn(c: Conn) -> Conn:
-    """An independent copy of an entry (its own window array and extra dict)."""
+    """An independent copy of an entry (its own TCP window and extra dict)."""
     n = Conn(c.id, c.key, c.rkey, c.l3, c.proto)
     for name in _FIELDS:
         with contextlib.suppress(AttributeError):  # TCP slots are unset on other protocols
             setattr(n, name, getattr(c, name))
     with contextlib.suppress(AttributeError):
-        n.tw = array(c.tw.typecode, c.tw)
+        n.tw = c.tw.copy()
     n.extra = dict(c.extra) if c.extra else None
     return n
 

@@ -17,11 +17,10 @@ Rules:
 from __future__ import annotations
 
 import struct
-from array import array
 from collections.abc import Callable
 from typing import Any, Final
 
-from pmct.conntrack.conn import TW_FIELDS, Conn, new_tcp_window
+from pmct.conntrack.conn import TW_FIELDS, Conn, TcpWindow, new_tcp_window, window_of
 from pmct.conntrack.constants import Status
 from pmct.conntrack.expect import Expectation, expectfn_name
 from pmct.conntrack.keys import IPPROTO_TCP, IPPROTO_UDP
@@ -67,7 +66,6 @@ _HELPER_DATA_KEY: Final = "helper_data"
 
 assert len(TW_FIELDS) == WINDOW_WORDS, "Conn.tw changed: the window section needs a new layout"
 
-_TW_ZERO: Final = new_tcp_window()
 _CT_TCP4: Final = struct.Struct("!BBHB12sHBIBBB")  # codec's 27-byte IPv4 TCP record
 _pack_tcp4 = _CT_TCP4.pack
 _CT_UPDATE: Final = int(MsgType.CT_UPDATE)
@@ -217,7 +215,7 @@ def new_conn(
         if rec.mark:
             conn.mark = rec.mark
         conn.expires = base + rec.timeout_ms / 1000.0
-        conn.tw = _TW_ZERO[:]
+        conn.tw = TcpWindow()
         conn.last_dir = 0
         conn.last_index = 5  # TCP_NONE_SET
         conn.last_wscale = 0
@@ -256,7 +254,7 @@ def write_conn(
     if rec.proto == IPPROTO_TCP:
         w = rec.window
         if w is not None:
-            conn.tw = array("I", w[:WINDOW_WORDS])
+            conn.tw = window_of(w[:WINDOW_WORDS])
             conn.last_dir, conn.last_index, conn.last_wscale, conn.last_flags, conn.retrans = w[
                 WINDOW_WORDS:
             ]

@@ -17,7 +17,7 @@ Rules:
    writes the same test inline, ``((a - b) & MASK32) > 0x7FFFFFFF`` is ``before(a, b)``), and
    every stored 32-bit value is masked, as the kernel's u32 arithmetic wraps.
 3. Per-connection state lives in the Conn slots (the kernel's struct ip_ct_tcp):
-   ``tw`` (array('I'), order TW_FIELDS: td_end/td_maxend/td_maxwin of each direction, last_seq,
+   ``tw`` (a TcpWindow, order TW_FIELDS: td_end/td_maxend/td_maxwin of each direction, last_seq,
    last_ack, last_end, last_win, td_maxack of each direction), ``td_scale0/1``, ``tflags0/1``
    (IP_CT_TCP_FLAG_* of each direction), ``last_dir``, ``last_index``, ``last_wscale``,
    ``last_flags``, ``retrans``. Index 0 is the original direction.

@@ -846,13 +846,13 @@ def test_new_initialises_every_tcp_slot() -> None:
     data, l4off, l4len, doff = datagram(seg(C, "S", 1000, 0, win=0, opts=WS7 + SACKP))
     assert tcp.packet(conn, 0, data, l4off, l4len, 1000, 0, 0x02, 0, doff, 0.0, Settings()) is None
     # seen[0]: td_end = td_maxend = seq + 1 (the SYN), td_maxwin = max(win, 1), the SYN's options
-    assert list(conn.tw[:3]) == [1001, 1001, 1]
+    assert list(conn.tw)[:3] == [1001, 1001, 1]
     assert (conn.td_scale0, conn.tflags0) == (
         7,
         tcp.IP_CT_TCP_FLAG_WINDOW_SCALE | tcp.IP_CT_TCP_FLAG_SACK_PERM,
     )
     # seen[1] untouched by the SYN except td_maxend (= ack + win of the SYN, +1 for win 0)
-    assert list(conn.tw[3:]) == [0, 1, 0, 0, 0, 0, 0, 0, 0]
+    assert list(conn.tw)[3:] == [0, 1, 0, 0, 0, 0, 0, 0, 0]
     assert (conn.td_scale1, conn.tflags1) == (0, 0)
     assert (conn.last_dir, conn.last_index, conn.last_wscale, conn.last_flags) == (0, 0, 0, 0)
     assert conn.retrans == 0
@@ -890,7 +890,7 @@ def test_window_after_handshake_with_scaling() -> None:
     conn = flow.conn
     assert conn is not None
     assert (conn.td_scale0, conn.td_scale1) == (7, 7)
-    e0, m0, w0, e1, m1, w1 = conn.tw[:6]
+    e0, m0, w0, e1, m1, w1 = list(conn.tw)[:6]
     assert (e0, e1) == (1001, 5001)  # highest seq + len per side
     assert w0 == 64000 and w1 == 60000  # SYN windows are never scaled
     assert m0 == 1001 + 60000  # the server's SYN/ACK: ack + window
