@@ -16,7 +16,7 @@ Rules:
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, Final
 
 from pmct.conntrack.keys import Tuple, decode_key
 
@@ -37,7 +37,7 @@ TW_FIELDS = (
     "td_maxack0",  # appended for the TCP tracker's RST check (kernel seen[dir].td_maxack)
     "td_maxack1",
 )
-_U32_MAX = 0xFFFFFFFF
+_U32_MAX: Final = 0xFFFFFFFF  # a C constant when compiled (TcpWindow.__setitem__ tests it)
 
 
 class TcpWindow:
