@@ -39,7 +39,7 @@ from typing import Any, Final
 
 from pmct.node.datapath import Datapath, RingReader
 
-__all__ = ["RING_BLOCK_SIZE", "RingCapture", "bpf_filter"]
+__all__ = ["RING_BLOCK_SIZE", "RingCapture", "bpf_filter", "ring_bytes"]
 
 SOL_PACKET: Final = 263
 PACKET_RX_RING: Final = 5
@@ -72,6 +72,11 @@ _SKF_AD_PROTOCOL: Final = 0
 _SKF_AD_PKTTYPE: Final = 4
 _SKF_AD_IFINDEX: Final = 8
 _ACCEPT_ALL: Final = 0x40000  # snap length: more than any frame a block holds
+
+
+def ring_bytes(size: int) -> int:
+    """The bytes a ring asked for ``size`` really has: whole blocks, at least two."""
+    return max(2, size // RING_BLOCK_SIZE) * RING_BLOCK_SIZE
 
 
 def _ad(field: int) -> int:
@@ -138,9 +143,9 @@ class RingCapture:
         on_error: Callable[[], int] | None = None,
         budget: int = 8,
     ) -> None:
-        blocks = max(2, size // RING_BLOCK_SIZE)
+        self.size = ring_bytes(size)
+        blocks = self.size // RING_BLOCK_SIZE
         self.blocks = blocks
-        self.size = blocks * RING_BLOCK_SIZE
         self.budget = budget  # blocks per drain: the loop must come back to its other fds
         self.on_error = on_error or (lambda: 0)
         self.drops = 0  # frames the kernel could not put in the ring (tp_drops)
@@ -188,9 +193,7 @@ class RingCapture:
         with contextlib.suppress(OSError, ValueError):
             self.read_stats()
         r = self.reader
-        return {
-            "mode": "ring",
-            "size": self.size,
+        return {  # counters only: the daemon adds up those of every ring it opened
             "packets": r.packets,
             "blocks": r.blocks_read,
             "drops": self.drops,

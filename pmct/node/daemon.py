@@ -53,7 +53,7 @@ from pmct.config import Config
 from pmct.conntrack.constants import CTSTATE_NAMES, CtState, Status
 from pmct.conntrack.core import Engine, EventType
 from pmct.node import fence, metrics
-from pmct.node.capture import RingCapture
+from pmct.node.capture import RingCapture, ring_bytes
 from pmct.node.control import ControlError, ControlServer
 from pmct.node.datapath import Datapath, NfqCallback
 from pmct.node.forwarding import REQUESTS, Forwarding, Role, StateFile
@@ -779,7 +779,7 @@ class Daemon:
         now = self.capture.stats() if self.capture is not None else {}
         total = _add_counts(self.capture_closed, now)
         total["open"] = self.capture is not None
-        total["size"] = self.cfg.queue.ring_size
+        total["size"] = ring_bytes(self.cfg.queue.ring_size)  # what each ring really has
         return total
 
     def status(self) -> dict[str, Any]:
@@ -861,7 +861,7 @@ def _add_counts(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     """Counters of two rings added up (a node opens a new ring at each demotion)."""
     out = dict(a)
     for k, v in b.items():
-        if isinstance(v, int) and k != "size":
+        if isinstance(v, int):
             out[k] = out.get(k, 0) + v
     return out
 
